@@ -1,0 +1,1 @@
+//! Shoal node agent (engine driver and task runner); built out by the agent engine issue.
