@@ -6,6 +6,18 @@
 
 pub mod error;
 pub mod path;
+pub mod yaml;
 
 pub use error::{did_you_mean, LoadError, Location, PathError};
 pub use path::{KeyPath, Segment};
+pub mod units;
+pub mod model;
+pub mod canonical;
+pub mod discovery;
+pub mod merge;
+pub mod paths;
+pub mod interpolate;
+pub mod dotenv;
+pub mod loader;
+pub mod validate;
+pub mod support;

@@ -175,7 +175,12 @@ impl SourceFile {
         let positions = PositionIndex::build(text);
         let mut documents = Vec::new();
         for document in serde_yaml::Deserializer::from_str(text) {
-            let value = Value::deserialize(document).map_err(|e| syntax_error(path, &e, &positions))?;
+            let mut value = Value::deserialize(document).map_err(|e| syntax_error(path, &e, &positions))?;
+            // `<<: *anchor` merge keys are a YAML 1.1 feature serde_yaml leaves to us.
+            value.apply_merge().map_err(|e| {
+                LoadError::file(path, format!("invalid `<<` merge key: {e}"))
+                    .with_hint("`<<` takes an alias to a mapping (`<<: *base`) or a list of such aliases")
+            })?;
             if !value.is_null() {
                 documents.push(value);
             }
@@ -245,6 +250,15 @@ mod tests {
         assert_eq!(err.location.line, 3);
         assert_eq!(err.path.to_string(), "services.a");
         assert!(err.hint.is_some());
+    }
+
+    #[test]
+    fn applies_merge_keys() {
+        let file = SourceFile::parse(Path::new("c.yaml"), "x: &b {a: 1, b: 2}\ny:\n  <<: *b\n  b: 3\n").unwrap();
+        let y = &file.documents[0]["y"];
+        assert_eq!(y["a"], Value::from(1));
+        assert_eq!(y["b"], Value::from(3));
+        assert!(y.get("<<").is_none());
     }
 
     #[test]

@@ -1,0 +1,110 @@
+//! Checks on the typed model that types alone cannot express: references between services and
+//! top-level resources, enumerated string values, and the dependency graph.
+
+use super::error::{did_you_mean, PathError};
+use super::model::{MountType, Project, Service};
+use super::path::KeyPath;
+
+type Result<T> = std::result::Result<T, PathError>;
+
+/// Validates a whole project; the first problem found is returned.
+pub fn check_project(project: &Project) -> Result<()> {
+    for (name, service) in &project.services {
+        let path = KeyPath::root().key("services").key(name.as_str());
+        check_service(project, name, service, &path)?;
+    }
+    // GRAPH-HOOK: the dependency graph check is wired in once graph.rs lands.
+    Ok(())
+}
+
+fn check_service(project: &Project, name: &str, service: &Service, path: &KeyPath) -> Result<()> {
+    if service.image.is_none() && service.build.is_none() && service.provider.is_none() {
+        return Err(PathError::new(path.clone(), format!("service `{name}` has neither an image nor a build context"))
+            .with_hint("add `image: NAME` or `build: ./DIR`"));
+    }
+    for network in service.networks.keys() {
+        check_reference(project.networks.keys(), network, &path.key("networks").key(network.as_str()), "network", "networks")?;
+    }
+    for (i, volume) in service.volumes.iter().enumerate() {
+        if let (MountType::Volume, Some(source)) = (volume.kind, &volume.source) {
+            check_reference(project.volumes.keys(), source, &path.key("volumes").index(i), "volume", "volumes")?;
+        }
+    }
+    for (i, secret) in service.secrets.iter().enumerate() {
+        check_reference(project.secrets.keys(), &secret.source, &path.key("secrets").index(i), "secret", "secrets")?;
+    }
+    for (i, config) in service.configs.iter().enumerate() {
+        check_reference(project.configs.keys(), &config.source, &path.key("configs").index(i), "config", "configs")?;
+    }
+    if let Some(restart) = &service.restart {
+        check_restart(restart, &path.key("restart"))?;
+    }
+    if let Some(mode) = service.deploy.as_ref().and_then(|d| d.mode.as_deref()) {
+        check_one_of(mode, &["replicated", "global", "replicated-job", "global-job"], &path.key("deploy").key("mode"))?;
+    }
+    if let Some(condition) = service.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()).and_then(|r| r.condition.as_deref()) {
+        check_one_of(condition, &["none", "on-failure", "any"], &path.key("deploy").key("restart_policy").key("condition"))?;
+    }
+    if let Some(policy) = &service.pull_policy {
+        check_pull_policy(policy, &path.key("pull_policy"))?;
+    }
+    if service.container_name.is_some() && service.replicas() > 1 {
+        return Err(PathError::new(path.key("container_name"), format!("service `{name}` sets container_name but asks for {} replicas", service.replicas()))
+            .with_hint("container names are unique: remove container_name or run one replica"));
+    }
+    for (i, port) in service.ports.iter().enumerate() {
+        if let Some(protocol) = &port.protocol {
+            check_one_of(protocol, &["tcp", "udp", "sctp"], &path.key("ports").index(i).key("protocol"))?;
+        }
+        if let Some(mode) = &port.mode {
+            check_one_of(mode, &["ingress", "host"], &path.key("ports").index(i).key("mode"))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_reference<'a>(
+    defined: impl Iterator<Item = &'a String> + Clone,
+    name: &str,
+    path: &KeyPath,
+    kind: &str,
+    section: &str,
+) -> Result<()> {
+    if defined.clone().any(|d| d == name) {
+        return Ok(());
+    }
+    let hint = did_you_mean(name, defined.map(String::as_str))
+        .unwrap_or_else(|| format!("define it under the top-level `{section}:` section"));
+    Err(PathError::new(path.clone(), format!("refers to undefined {kind} `{name}`")).with_hint(hint))
+}
+
+fn check_one_of(value: &str, allowed: &[&str], path: &KeyPath) -> Result<()> {
+    if allowed.contains(&value) {
+        return Ok(());
+    }
+    let hint = did_you_mean(value, allowed.iter().copied()).unwrap_or_else(|| format!("use one of: {}", allowed.join(", ")));
+    Err(PathError::new(path.clone(), format!("invalid value `{value}`")).with_hint(hint))
+}
+
+fn check_restart(value: &str, path: &KeyPath) -> Result<()> {
+    let valid = match value.split_once(':') {
+        Some(("on-failure", n)) => n.parse::<u32>().is_ok(),
+        Some(_) => false,
+        None => matches!(value, "no" | "always" | "on-failure" | "unless-stopped"),
+    };
+    if valid {
+        return Ok(());
+    }
+    Err(PathError::new(path.clone(), format!("invalid restart policy `{value}`"))
+        .with_hint("use no, always, on-failure, on-failure:N or unless-stopped"))
+}
+
+fn check_pull_policy(value: &str, path: &KeyPath) -> Result<()> {
+    let fixed = ["always", "never", "missing", "build", "if_not_present", "daily", "weekly"];
+    let every = value.strip_prefix("every_").is_some_and(|d| d.parse::<super::units::Duration>().is_ok());
+    if fixed.contains(&value) || every {
+        return Ok(());
+    }
+    let hint = did_you_mean(value, fixed).unwrap_or_else(|| format!("use one of: {}, or every_<duration>", fixed.join(", ")));
+    Err(PathError::new(path.clone(), format!("invalid pull policy `{value}`")).with_hint(hint))
+}
