@@ -1,1 +1,10 @@
-//! Shoal node agent (engine driver and task runner); built out by the agent engine issue.
+//! Shoal node agent: the engine driver (the only code that talks to a container engine) and the
+//! task runner that turns assigned tasks into containers and reports what it observes.
+
+pub mod engine;
+pub mod labels;
+pub mod runner;
+pub mod spec;
+
+pub use engine::{Engine, EngineError};
+pub use spec::*;

@@ -27,7 +27,7 @@ pub fn canonicalize_document(doc: &mut Value, warnings: &mut Vec<PathWarning>) -
         return Err(PathError::new(root, format!("expected a mapping at the top level, got {}", kind(doc)))
             .with_hint("a compose file starts with keys such as `services:`"));
     };
-    if top.contains_key("version") {
+    if top.remove("version").is_some() {
         warnings.push(PathWarning {
             path: root.key("version"),
             message: "the attribute `version` is obsolete and ignored".into(),
@@ -103,17 +103,20 @@ fn canonicalize_service(service: &mut Value, path: &KeyPath, warnings: &mut Vec<
     Ok(())
 }
 
-fn canonicalize_attribute(name: &str, value: &mut Value, path: &KeyPath, warnings: &mut Vec<PathWarning>) -> Result<()> {
+fn canonicalize_attribute(
+    name: &str,
+    value: &mut Value,
+    path: &KeyPath,
+    warnings: &mut Vec<PathWarning>,
+) -> Result<()> {
     match name {
         "build" => canonicalize_build(value, path),
         "command" | "entrypoint" => split_command(value, path),
         "environment" => to_string_map(value, path, ListItemWithoutValue::Null),
-        "labels" | "annotations" | "sysctls" | "storage_opt" => {
-            to_string_map(value, path, ListItemWithoutValue::Empty)
-        }
+        "labels" | "annotations" | "sysctls" | "storage_opt" => to_string_map(value, path, ListItemWithoutValue::Empty),
         "extra_hosts" => canonicalize_extra_hosts(value, path),
         "ports" => canonicalize_ports(value, path),
-        "expose" => map_list_items(value, path, |item, p| scalar_to_string(item, p)),
+        "expose" => map_list_items(value, path, scalar_to_string),
         "volumes" => canonicalize_service_volumes(value, path),
         "depends_on" => canonicalize_depends_on(value, path),
         "networks" => list_to_null_map(value, path),
@@ -122,16 +125,27 @@ fn canonicalize_attribute(name: &str, value: &mut Value, path: &KeyPath, warning
         "ulimits" => canonicalize_ulimits(value, path),
         "healthcheck" => canonicalize_healthcheck(value, path),
         "env_file" => canonicalize_env_file(value, path),
-        "label_file" | "dns" | "dns_search" | "dns_opt" | "tmpfs" | "cap_add" | "cap_drop" | "security_opt"
-        | "profiles" | "external_links" | "links" | "volumes_from" | "device_cgroup_rules" => {
+        "label_file"
+        | "dns"
+        | "dns_search"
+        | "dns_opt"
+        | "tmpfs"
+        | "cap_add"
+        | "cap_drop"
+        | "security_opt"
+        | "profiles"
+        | "external_links"
+        | "links"
+        | "volumes_from"
+        | "device_cgroup_rules" => {
             string_to_list(value);
-            map_list_items(value, path, |item, p| scalar_to_string(item, p))
+            map_list_items(value, path, scalar_to_string)
         }
-        "group_add" => map_list_items(value, path, |item, p| scalar_to_string(item, p)),
+        "group_add" => map_list_items(value, path, scalar_to_string),
         "devices" => canonicalize_devices(value, path),
         "logging" => with_field(value, "options", path, |v, p| to_string_map(v, p, ListItemWithoutValue::Empty)),
         "deploy" => canonicalize_deploy(value, path),
-        "post_start" | "pre_stop" => map_list_items(value, path, |hook, p| canonicalize_hook(hook, p)),
+        "post_start" | "pre_stop" => map_list_items(value, path, canonicalize_hook),
         "develop" => Ok(()),
         "restart" => {
             // `restart: no` must stay the string "no" (YAML 1.1 would read a boolean).
@@ -200,7 +214,7 @@ fn canonicalize_ssh(value: &mut Value, path: &KeyPath) -> Result<()> {
 /// means "the image's default", unlike `[]`.
 fn split_command(value: &mut Value, path: &KeyPath) -> Result<()> {
     match value {
-        Value::Null | Value::Sequence(_) => map_list_items(value, path, |item, p| scalar_to_string(item, p)),
+        Value::Null | Value::Sequence(_) => map_list_items(value, path, scalar_to_string),
         Value::String(s) => {
             let words = shell_words::split(s).map_err(|e| {
                 PathError::new(path.clone(), format!("cannot split the command {s:?}: {e}"))
@@ -506,7 +520,9 @@ fn parse_short_volume(text: &str, path: &KeyPath) -> Result<Value> {
             "consistent" | "cached" | "delegated" => {
                 map.insert("consistency".into(), Value::String(option.to_string()));
             }
-            other => return Err(invalid(&format!("unknown mode {other:?} (use ro, rw, z, Z, nocopy or a propagation)"))),
+            other => {
+                return Err(invalid(&format!("unknown mode {other:?} (use ro, rw, z, Z, nocopy or a propagation)")))
+            }
         }
     }
     if is_bind {
@@ -668,9 +684,11 @@ fn canonicalize_healthcheck(value: &mut Value, path: &KeyPath) -> Result<()> {
         Value::Sequence(items) => {
             let first = items.first().and_then(Value::as_str);
             match first {
-                Some("NONE" | "CMD" | "CMD-SHELL") => map_list_items(test, p, |item, ip| scalar_to_string(item, ip)),
+                Some("NONE" | "CMD" | "CMD-SHELL") => map_list_items(test, p, scalar_to_string),
                 _ => Err(PathError::new(p.clone(), "a healthcheck test list must start with NONE, CMD or CMD-SHELL")
-                    .with_hint("e.g. [\"CMD\", \"wget\", \"-q\", \"http://localhost\"] or a plain string for a shell command")),
+                    .with_hint(
+                        "e.g. [\"CMD\", \"wget\", \"-q\", \"http://localhost\"] or a plain string for a shell command",
+                    )),
             }
         }
         other => Err(expected(p, "a command string or a list starting with CMD, CMD-SHELL or NONE", other)),
@@ -690,7 +708,9 @@ fn canonicalize_env_file(value: &mut Value, path: &KeyPath) -> Result<()> {
         }
         Value::Mapping(map) => {
             if !map.contains_key("path") {
-                return Err(PathError::new(p.clone(), "an env_file entry needs `path`").with_hint("add `path: ./file.env`"));
+                return Err(
+                    PathError::new(p.clone(), "an env_file entry needs `path`").with_hint("add `path: ./file.env`")
+                );
             }
             map.entry("required".into()).or_insert(Value::Bool(true));
             Ok(())
@@ -786,7 +806,11 @@ fn with_field(
 }
 
 /// Runs `f` on each item of a sequence (null counts as empty).
-fn map_list_items(value: &mut Value, path: &KeyPath, mut f: impl FnMut(&mut Value, &KeyPath) -> Result<()>) -> Result<()> {
+fn map_list_items(
+    value: &mut Value,
+    path: &KeyPath,
+    mut f: impl FnMut(&mut Value, &KeyPath) -> Result<()>,
+) -> Result<()> {
     match value {
         Value::Null => Ok(()),
         Value::Sequence(items) => {

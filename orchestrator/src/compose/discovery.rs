@@ -36,7 +36,8 @@ pub fn discover(start: &Path) -> Result<Vec<PathBuf>, LoadError> {
 /// a letter or digit. Returns `None` when nothing usable is left.
 pub fn normalize_project_name(raw: &str) -> Option<String> {
     let lowered = raw.to_lowercase();
-    let kept: String = lowered.chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-').collect();
+    let kept: String =
+        lowered.chars().filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_' || *c == '-').collect();
     let trimmed = kept.trim_start_matches(['_', '-']);
     (!trimmed.is_empty()).then(|| trimmed.to_string())
 }

@@ -32,27 +32,13 @@ pub enum EnvFileError {
     NotFound { file: PathBuf },
     /// The file exists but cannot be read (permissions, a directory, ...).
     #[error("cannot read env file {}: {error}", file.display())]
-    Read {
-        file: PathBuf,
-        error: std::io::Error,
-    },
+    Read { file: PathBuf, error: std::io::Error },
     /// The text is not in the env file format.
     #[error("{}:{line}:{column}: {message}", file.display())]
-    Syntax {
-        file: PathBuf,
-        line: usize,
-        column: usize,
-        message: String,
-        hint: String,
-    },
+    Syntax { file: PathBuf, line: usize, column: usize, message: String, hint: String },
     /// A value's `${...}` expression failed (bad syntax or a missing required variable).
     #[error("{}:{line}: {key}: {error}", file.display())]
-    Interpolation {
-        file: PathBuf,
-        line: usize,
-        key: String,
-        error: TemplateError,
-    },
+    Interpolation { file: PathBuf, line: usize, key: String, error: TemplateError },
 }
 
 impl EnvFileError {
@@ -68,9 +54,7 @@ impl EnvFileError {
     /// 1-based line, for errors about the file's content.
     pub fn line(&self) -> Option<usize> {
         match self {
-            EnvFileError::Syntax { line, .. } | EnvFileError::Interpolation { line, .. } => {
-                Some(*line)
-            }
+            EnvFileError::Syntax { line, .. } | EnvFileError::Interpolation { line, .. } => Some(*line),
             EnvFileError::NotFound { .. } | EnvFileError::Read { .. } => None,
         }
     }
@@ -107,11 +91,7 @@ impl From<EnvFileError> for LoadError {
             EnvFileError::Interpolation { key, error, .. } => format!("{key}: {error}"),
             other => other.to_string(),
         };
-        let location = Location {
-            file: error.file().to_path_buf(),
-            line,
-            column,
-        };
+        let location = Location { file: error.file().to_path_buf(), line, column };
         LoadError::new(location, KeyPath::root(), message).with_hint(error.hint())
     }
 }
@@ -122,13 +102,8 @@ pub fn read_env_file(
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<(String, Option<String>)>, EnvFileError> {
     let bytes = std::fs::read(path).map_err(|error| match error.kind() {
-        std::io::ErrorKind::NotFound => EnvFileError::NotFound {
-            file: path.to_path_buf(),
-        },
-        _ => EnvFileError::Read {
-            file: path.to_path_buf(),
-            error,
-        },
+        std::io::ErrorKind::NotFound => EnvFileError::NotFound { file: path.to_path_buf() },
+        _ => EnvFileError::Read { file: path.to_path_buf(), error },
     })?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let valid = bytes.get(..e.valid_up_to()).unwrap_or(&[]);
@@ -154,13 +129,7 @@ pub fn parse_env_text(
 ) -> Result<Vec<(String, Option<String>)>, EnvFileError> {
     // Some Windows editors start UTF-8 files with a byte-order mark; compose skips it too.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut parser = Parser {
-        text,
-        pos: 0,
-        file,
-        lookup,
-        entries: IndexMap::new(),
-    };
+    let mut parser = Parser { text, pos: 0, file, lookup, entries: IndexMap::new() };
     while parser.next_statement() {
         parser.statement()?;
     }
@@ -169,10 +138,7 @@ pub fn parse_env_text(
 
 /// Whitespace that does not end a line (compose-go's `isSpace`).
 fn is_inline_space(c: char) -> bool {
-    matches!(
-        c,
-        '\t' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}'
-    )
+    matches!(c, '\t' | '\u{b}' | '\u{c}' | '\r' | ' ' | '\u{85}' | '\u{a0}')
 }
 
 /// Characters compose-go accepts in a variable name.
@@ -206,20 +172,9 @@ impl<'a> Parser<'a> {
         (line, column)
     }
 
-    fn syntax(
-        &self,
-        at: usize,
-        message: impl Into<String>,
-        hint: impl Into<String>,
-    ) -> EnvFileError {
+    fn syntax(&self, at: usize, message: impl Into<String>, hint: impl Into<String>) -> EnvFileError {
         let (line, column) = self.line_column(at);
-        EnvFileError::Syntax {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            message: message.into(),
-            hint: hint.into(),
-        }
+        EnvFileError::Syntax { file: self.file.to_path_buf(), line, column, message: message.into(), hint: hint.into() }
     }
 
     /// Moves past blank space and comment lines; false at the end of the text.
@@ -282,10 +237,7 @@ impl<'a> Parser<'a> {
         let end = rest.find(['=', ':', '\n']).unwrap_or(rest.len());
         let raw = rest.get(..end).unwrap_or("");
         let terminator = rest.get(end..).and_then(|t| t.chars().next());
-        if let Some((i, c)) = raw
-            .char_indices()
-            .find(|&(_, c)| !is_key_char(c) && !is_inline_space(c))
-        {
+        if let Some((i, c)) = raw.char_indices().find(|&(_, c)| !is_key_char(c) && !is_inline_space(c)) {
             let line_text = raw.trim_end();
             return Err(self.syntax(
                 start + i,
@@ -316,13 +268,11 @@ impl<'a> Parser<'a> {
     }
 
     fn interpolate(&self, key: &str, at: usize, template: &str) -> Result<String, EnvFileError> {
-        substitute(template, &|name: &str| self.resolve(name)).map_err(|error| {
-            EnvFileError::Interpolation {
-                file: self.file.to_path_buf(),
-                line: self.line_column(at).0,
-                key: key.to_string(),
-                error,
-            }
+        substitute(template, &|name: &str| self.resolve(name)).map_err(|error| EnvFileError::Interpolation {
+            file: self.file.to_path_buf(),
+            line: self.line_column(at).0,
+            key: key.to_string(),
+            error,
         })
     }
 
@@ -333,18 +283,12 @@ impl<'a> Parser<'a> {
             Some(quote @ ('"' | '\'')) => {
                 let body = self.quoted_body(quote)?;
                 self.after_closing_quote(quote)?;
-                let value = if quote == '"' {
-                    self.interpolate(key, start, &expand_escapes(&body))?
-                } else {
-                    body
-                };
+                let value = if quote == '"' { self.interpolate(key, start, &expand_escapes(&body))? } else { body };
                 Ok(value)
             }
             _ => {
                 let rest = self.rest();
-                let line = rest
-                    .get(..rest.find('\n').unwrap_or(rest.len()))
-                    .unwrap_or("");
+                let line = rest.get(..rest.find('\n').unwrap_or(rest.len())).unwrap_or("");
                 self.pos += line.len();
                 // Only ` #` starts a comment, so `a#b` and URLs with fragments survive.
                 let value = line.split(" #").next().unwrap_or("").trim_end();
@@ -401,9 +345,7 @@ impl<'a> Parser<'a> {
             Some(c) => Err(self.syntax(
                 self.pos,
                 format!("unexpected {c:?} after the closing {quote} of a quoted value"),
-                format!(
-                    "put the whole value inside the quotes, or escape an inner quote as \\{quote}"
-                ),
+                format!("put the whole value inside the quotes, or escape an inner quote as \\{quote}"),
             )),
         }
     }
@@ -482,10 +424,7 @@ mod tests {
         }
     }
 
-    fn parse_with(
-        text: &str,
-        lookup: &dyn Fn(&str) -> Option<String>,
-    ) -> Vec<(String, Option<String>)> {
+    fn parse_with(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Vec<(String, Option<String>)> {
         match parse_env_text(text, Path::new("test.env"), lookup) {
             Ok(entries) => entries,
             Err(e) => panic!("{text:?} failed: {e}"),
@@ -524,10 +463,7 @@ mod tests {
 
     #[test]
     fn export_prefix_is_ignored() {
-        assert_eq!(
-            parse("export A=1\nexport\tB=2"),
-            vec![set("A", "1"), set("B", "2")]
-        );
+        assert_eq!(parse("export A=1\nexport\tB=2"), vec![set("A", "1"), set("B", "2")]);
         assert_eq!(parse("export=3"), vec![set("export", "3")]);
         assert_eq!(parse("exported=4"), vec![set("exported", "4")]);
         // `export` alone is a bare key named export.
@@ -569,16 +505,9 @@ mod tests {
     fn bare_key_takes_its_value_from_the_lookup() {
         assert_eq!(
             parse_with("HOME\nMISSING\nEMPTY", &shell),
-            vec![
-                set("HOME", "/home/me"),
-                ("MISSING".to_string(), None),
-                set("EMPTY", ""),
-            ]
+            vec![set("HOME", "/home/me"), ("MISSING".to_string(), None), set("EMPTY", ""),]
         );
-        assert_eq!(
-            parse_with("export HOME  \r\n", &shell),
-            vec![set("HOME", "/home/me")]
-        );
+        assert_eq!(parse_with("export HOME  \r\n", &shell), vec![set("HOME", "/home/me")]);
     }
 
     #[test]
@@ -588,10 +517,7 @@ mod tests {
 
     #[test]
     fn single_quotes_are_literal() {
-        assert_eq!(
-            one("A='${HOME} $X \\n # not a comment'"),
-            "${HOME} $X \\n # not a comment"
-        );
+        assert_eq!(one("A='${HOME} $X \\n # not a comment'"), "${HOME} $X \\n # not a comment");
         assert_eq!(one("A='it\\'s'"), "it's");
         assert_eq!(one("A='  padded  '"), "  padded  ");
         assert_eq!(one("A=''"), "");
@@ -605,10 +531,7 @@ mod tests {
         assert_eq!(one(r#"A="back\\slash""#), "back\\slash");
         assert_eq!(one(r#"A="\\n is not a newline""#), "\\n is not a newline");
         assert_eq!(one(r#"A="\r\a\b\f\v""#), "\r\u{7}\u{8}\u{c}\u{b}");
-        assert_eq!(
-            one(r#"A="unknown \q \x41 \c kept""#),
-            "unknown \\q \\x41 \\c kept"
-        );
+        assert_eq!(one(r#"A="unknown \q \x41 \c kept""#), "unknown \\q \\x41 \\c kept");
         assert_eq!(one(r#"A="it\'s""#), "it\\'s");
         assert_eq!(one(r#"A="ends with \\""#), "ends with \\");
     }
@@ -631,18 +554,13 @@ mod tests {
 
     #[test]
     fn quoted_values_keep_hashes_and_allow_trailing_comments() {
-        assert_eq!(
-            parse("A=\"x # y\"  # comment\nB='#'"),
-            vec![set("A", "x # y"), set("B", "#")]
-        );
+        assert_eq!(parse("A=\"x # y\"  # comment\nB='#'"), vec![set("A", "x # y"), set("B", "#")]);
     }
 
     #[test]
     fn unquoted_and_double_quoted_values_are_interpolated() {
-        let entries = parse_with(
-            "A=$HOME/x\nB=\"${HOME}/y\"\nC='$HOME'\nD=${NOPE:-dflt}\nE=\"\\$HOME\"\nF=$$HOME",
-            &shell,
-        );
+        let entries =
+            parse_with("A=$HOME/x\nB=\"${HOME}/y\"\nC='$HOME'\nD=${NOPE:-dflt}\nE=\"\\$HOME\"\nF=$$HOME", &shell);
         assert_eq!(
             entries,
             vec![
@@ -658,10 +576,7 @@ mod tests {
 
     #[test]
     fn interpolation_sees_earlier_keys_after_the_lookup() {
-        let entries = parse_with(
-            "B=1\nC=${B}-x\nA=file\nD=$A\nE=${LATER:-none}\nLATER=2",
-            &shell,
-        );
+        let entries = parse_with("B=1\nC=${B}-x\nA=file\nD=$A\nE=${LATER:-none}\nLATER=2", &shell);
         assert_eq!(
             entries,
             vec![
@@ -683,10 +598,7 @@ mod tests {
 
     #[test]
     fn crlf_line_endings_work() {
-        assert_eq!(
-            parse("A=1\r\nB=\"2\"\r\n"),
-            vec![set("A", "1"), set("B", "2")]
-        );
+        assert_eq!(parse("A=1\r\nB=\"2\"\r\n"), vec![set("A", "1"), set("B", "2")]);
     }
 
     #[test]
@@ -696,20 +608,12 @@ mod tests {
 
     #[test]
     fn key_characters_follow_compose() {
-        assert_eq!(
-            parse("a.b-c[0]_d=1\nÜ1=2"),
-            vec![set("a.b-c[0]_d", "1"), set("Ü1", "2")]
-        );
+        assert_eq!(parse("a.b-c[0]_d=1\nÜ1=2"), vec![set("a.b-c[0]_d", "1"), set("Ü1", "2")]);
     }
 
     fn syntax_at(err: &EnvFileError) -> (usize, usize, String) {
         match err {
-            EnvFileError::Syntax {
-                line,
-                column,
-                message,
-                ..
-            } => (*line, *column, message.clone()),
+            EnvFileError::Syntax { line, column, message, .. } => (*line, *column, message.clone()),
             other => panic!("not a syntax error: {other:?}"),
         }
     }
@@ -746,10 +650,7 @@ mod tests {
         let err = parse_err("A=1\nB=\"abc\nC=2\n");
         let (line, column, message) = syntax_at(&err);
         assert_eq!((line, column), (2, 3));
-        assert!(
-            message.contains("unterminated double-quoted value"),
-            "{message}"
-        );
+        assert!(message.contains("unterminated double-quoted value"), "{message}");
         let (line, _, message) = syntax_at(&parse_err("B='abc"));
         assert_eq!(line, 1);
         assert!(message.contains("unterminated single-quoted"), "{message}");
@@ -767,22 +668,14 @@ mod tests {
     fn interpolation_errors_name_the_key_and_line() {
         let err = parse_err("A=1\nB=${NOPE:?please set NOPE}");
         match &err {
-            EnvFileError::Interpolation {
-                line, key, error, ..
-            } => {
+            EnvFileError::Interpolation { line, key, error, .. } => {
                 assert_eq!((*line, key.as_str()), (2, "B"));
                 assert!(matches!(error, TemplateError::MissingRequired { .. }));
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(
-            err.to_string(),
-            "test.env:2: B: required variable NOPE is missing a value: please set NOPE"
-        );
-        assert!(matches!(
-            parse_err("A=\"${oops\""),
-            EnvFileError::Interpolation { .. }
-        ));
+        assert_eq!(err.to_string(), "test.env:2: B: required variable NOPE is missing a value: please set NOPE");
+        assert!(matches!(parse_err("A=\"${oops\""), EnvFileError::Interpolation { .. }));
         // Single-quoted values are never interpolated, so they cannot fail.
         assert_eq!(parse("A='${oops'"), vec![set("A", "${oops")]);
     }
@@ -801,10 +694,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("good.env");
         std::fs::write(&path, "A=1\nB=\"${A}2\"\n").unwrap();
-        assert_eq!(
-            read_env_file(&path, &no_env).unwrap(),
-            vec![set("A", "1"), set("B", "12")]
-        );
+        assert_eq!(read_env_file(&path, &no_env).unwrap(), vec![set("A", "1"), set("B", "12")]);
 
         let bad = dir.join("bad.env");
         std::fs::write(&bad, b"A=1\nB=\xff\n").unwrap();

@@ -55,19 +55,11 @@ impl TemplateError {
     /// How to fix it, in words a user can act on.
     pub fn hint(&self) -> String {
         match self {
-            TemplateError::MissingRequired {
-                variable,
-                empty: false,
-                ..
-            } => format!(
+            TemplateError::MissingRequired { variable, empty: false, .. } => format!(
                 "set {variable} in the environment or in the .env file, or give a default with \
                  ${{{variable}:-default}}"
             ),
-            TemplateError::MissingRequired {
-                variable,
-                empty: true,
-                ..
-            } => format!(
+            TemplateError::MissingRequired { variable, empty: true, .. } => format!(
                 "give {variable} a non-empty value in the environment or in the .env file, or \
                  give a default with ${{{variable}:-default}}"
             ),
@@ -101,10 +93,7 @@ pub fn unset_warning(variable: &str) -> String {
 }
 
 /// Expands every expression in `template`; unset-variable warnings are dropped.
-pub fn substitute(
-    template: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, TemplateError> {
+pub fn substitute(template: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, TemplateError> {
     let mut warnings = Vec::new();
     substitute_with_warnings(template, lookup, &mut warnings)
 }
@@ -116,12 +105,7 @@ pub fn substitute_with_warnings(
     lookup: &dyn Fn(&str) -> Option<String>,
     warnings: &mut Vec<String>,
 ) -> Result<String, TemplateError> {
-    let mut expander = Expander {
-        template,
-        lookup,
-        warnings,
-        depth: 0,
-    };
+    let mut expander = Expander { template, lookup, warnings, depth: 0 };
     expander.expand(0, template.len())
 }
 
@@ -269,12 +253,7 @@ impl Expander<'_> {
 
     /// Expands the expression starting with the `$` at `dollar` into `out`; returns the offset
     /// just past it.
-    fn expand_dollar(
-        &mut self,
-        dollar: usize,
-        end: usize,
-        out: &mut String,
-    ) -> Result<usize, TemplateError> {
+    fn expand_dollar(&mut self, dollar: usize, end: usize, out: &mut String) -> Result<usize, TemplateError> {
         match self.byte(dollar + 1, end) {
             Some(b'$') => {
                 out.push('$');
@@ -298,13 +277,7 @@ impl Expander<'_> {
     /// The offset just past the run of name characters starting at `start`.
     fn scan_name(&self, start: usize, end: usize) -> usize {
         let mut pos = start;
-        while self.byte(pos, end).is_some_and(|b| {
-            if pos == start {
-                is_name_start(b)
-            } else {
-                is_name_char(b)
-            }
-        }) {
+        while self.byte(pos, end).is_some_and(|b| if pos == start { is_name_start(b) } else { is_name_char(b) }) {
             pos += 1;
         }
         pos
@@ -326,12 +299,7 @@ impl Expander<'_> {
     }
 
     /// `${...}` starting at `dollar`.
-    fn expand_braced(
-        &mut self,
-        dollar: usize,
-        end: usize,
-        out: &mut String,
-    ) -> Result<usize, TemplateError> {
+    fn expand_braced(&mut self, dollar: usize, end: usize, out: &mut String) -> Result<usize, TemplateError> {
         let name_start = dollar + 2;
         let name_end = self.scan_name(name_start, end);
         if name_end == name_start {
@@ -348,10 +316,7 @@ impl Expander<'_> {
         let arg_start = name_end + len;
         let close = self.closing_brace(arg_start, end).ok_or_else(|| {
             let name = self.slice(name_start, name_end);
-            self.error(
-                dollar,
-                format!("`${{{name}{operator}` is never closed with `}}`"),
-            )
+            self.error(dollar, format!("`${{{name}{operator}` is never closed with `}}`"))
         })?;
         let name = self.slice(name_start, name_end).to_string();
         let value = self.apply(&name, operator, arg_start, close)?;
@@ -390,22 +355,12 @@ impl Expander<'_> {
         }
     }
 
-    fn bad_after_name(
-        &self,
-        dollar: usize,
-        name_start: usize,
-        name_end: usize,
-        end: usize,
-    ) -> TemplateError {
+    fn bad_after_name(&self, dollar: usize, name_start: usize, name_end: usize, end: usize) -> TemplateError {
         let name = self.slice(name_start, name_end);
         match self.slice(name_end, end).chars().next() {
             None => self.error(dollar, format!("`${{{name}` is never closed with `}}`")),
-            Some(c) => self.error(
-                name_end,
-                format!(
-                    "unexpected {c:?} after `${{{name}`; expected `}}` or one of :- - :? ? :+ +"
-                ),
-            ),
+            Some(c) => self
+                .error(name_end, format!("unexpected {c:?} after `${{{name}`; expected `}}` or one of :- - :? ? :+ +")),
         }
     }
 
@@ -424,9 +379,7 @@ impl Expander<'_> {
         match operator {
             Operator::DefaultIfUnsetOrEmpty if !non_empty => self.argument(arg_start, arg_end),
             Operator::DefaultIfUnset if !set => self.argument(arg_start, arg_end),
-            Operator::RequireNonEmpty if !non_empty => {
-                Err(self.missing(name, set, arg_start, arg_end)?)
-            }
+            Operator::RequireNonEmpty if !non_empty => Err(self.missing(name, set, arg_start, arg_end)?),
             Operator::RequireSet if !set => Err(self.missing(name, set, arg_start, arg_end)?),
             Operator::ReplaceIfNonEmpty if non_empty => self.argument(arg_start, arg_end),
             Operator::ReplaceIfSet if set => self.argument(arg_start, arg_end),
@@ -438,10 +391,7 @@ impl Expander<'_> {
     /// Expands a nested argument, refusing absurd nesting depths.
     fn argument(&mut self, start: usize, end: usize) -> Result<String, TemplateError> {
         if self.depth >= MAX_NESTING {
-            return Err(self.error(
-                start,
-                format!("expressions nest more than {MAX_NESTING} deep"),
-            ));
+            return Err(self.error(start, format!("expressions nest more than {MAX_NESTING} deep")));
         }
         self.depth += 1;
         let result = self.expand(start, end);
@@ -522,10 +472,7 @@ mod tests {
         let lookup = |n: &str| (n == "a_1").then(|| "x".to_string());
         assert_eq!(substitute("$a_1-", &lookup).unwrap(), "x-");
         assert_eq!(substitute("${a_1}", &lookup).unwrap(), "x");
-        assert_eq!(
-            substitute("$_", &|n: &str| (n == "_").then(|| "u".into())).unwrap(),
-            "u"
-        );
+        assert_eq!(substitute("$_", &|n: &str| (n == "_").then(|| "u".into())).unwrap(), "u");
     }
 
     #[test]
@@ -537,14 +484,8 @@ mod tests {
 
     #[test]
     fn unset_variables_warn_once_and_empty_ones_not_at_all() {
-        assert_eq!(
-            warnings_of("$missing ${missing}"),
-            vec![unset_warning("missing")]
-        );
-        assert_eq!(
-            unset_warning("X"),
-            "The \"X\" variable is not set. Defaulting to a blank string."
-        );
+        assert_eq!(warnings_of("$missing ${missing}"), vec![unset_warning("missing")]);
+        assert_eq!(unset_warning("X"), "The \"X\" variable is not set. Defaulting to a blank string.");
         assert!(warnings_of("${BAR} $FOO").is_empty());
         assert!(warnings_of("${missing-x} ${missing:+y}").is_empty());
     }
@@ -559,16 +500,7 @@ mod tests {
 
     #[test]
     fn lone_dollars_are_kept() {
-        for template in [
-            "a $ string",
-            "^REGEX$",
-            "$}",
-            "$",
-            "$1",
-            "cost: 5$",
-            "$-x",
-            "€$€",
-        ] {
+        for template in ["a $ string", "^REGEX$", "$}", "$", "$1", "cost: 5$", "$-x", "€$€"] {
             assert_eq!(sub(template), template);
         }
     }
@@ -612,28 +544,13 @@ mod tests {
     #[test]
     fn required_fails_like_compose() {
         let cases = [
-            (
-                "${UNSET_VAR:?Mandatory Variable Unset}",
-                "UNSET_VAR",
-                "Mandatory Variable Unset",
-            ),
-            (
-                "${BAR:?Mandatory Variable Empty}",
-                "BAR",
-                "Mandatory Variable Empty",
-            ),
-            (
-                "${UNSET_VAR?Mandatory Variable Unset}",
-                "UNSET_VAR",
-                "Mandatory Variable Unset",
-            ),
+            ("${UNSET_VAR:?Mandatory Variable Unset}", "UNSET_VAR", "Mandatory Variable Unset"),
+            ("${BAR:?Mandatory Variable Empty}", "BAR", "Mandatory Variable Empty"),
+            ("${UNSET_VAR?Mandatory Variable Unset}", "UNSET_VAR", "Mandatory Variable Unset"),
         ];
         for (template, variable, message) in cases {
             let err = sub_err(&format!("not ok {template}"));
-            assert_eq!(
-                err.to_string(),
-                format!("required variable {variable} is missing a value: {message}")
-            );
+            assert_eq!(err.to_string(), format!("required variable {variable} is missing a value: {message}"));
             assert!(matches!(err, TemplateError::MissingRequired { .. }));
         }
     }
@@ -641,17 +558,8 @@ mod tests {
     #[test]
     fn required_without_message_says_what_is_wrong() {
         let unset = sub_err("${UNSET_VAR:?}");
-        assert_eq!(
-            unset,
-            TemplateError::MissingRequired {
-                variable: "UNSET_VAR".into(),
-                message: None,
-                empty: false
-            }
-        );
-        assert!(unset
-            .to_string()
-            .starts_with("required variable UNSET_VAR is missing a value: "));
+        assert_eq!(unset, TemplateError::MissingRequired { variable: "UNSET_VAR".into(), message: None, empty: false });
+        assert!(unset.to_string().starts_with("required variable UNSET_VAR is missing a value: "));
         assert!(unset.to_string().contains("not set"));
         assert!(unset.hint().contains("${UNSET_VAR:-default}"));
         let empty = sub_err("${BAR:?}");
@@ -662,10 +570,7 @@ mod tests {
     #[test]
     fn required_message_is_interpolated() {
         let err = sub_err("${UNSET_VAR:?Mandatory Variable ${FOO}}");
-        assert_eq!(
-            err.to_string(),
-            "required variable UNSET_VAR is missing a value: Mandatory Variable first"
-        );
+        assert_eq!(err.to_string(), "required variable UNSET_VAR is missing a value: Mandatory Variable first");
     }
 
     #[test]
@@ -682,17 +587,11 @@ mod tests {
 
     #[test]
     fn operators_in_the_argument_are_plain_text() {
-        assert_eq!(
-            sub("ok ${BAR:-/non:-alphanumeric}"),
-            "ok /non:-alphanumeric"
-        );
+        assert_eq!(sub("ok ${BAR:-/non:-alphanumeric}"), "ok /non:-alphanumeric");
         assert_eq!(sub("${UNSET_VAR-myerror?msg}"), "myerror?msg");
         assert_eq!(sub(":?ok ${BAR:-defaultValue}"), ":?ok defaultValue");
         let err = sub_err("${UNSET_VAR?bar-baz}");
-        assert_eq!(
-            err.to_string(),
-            "required variable UNSET_VAR is missing a value: bar-baz"
-        );
+        assert_eq!(err.to_string(), "required variable UNSET_VAR is missing a value: bar-baz");
     }
 
     #[test]
@@ -721,21 +620,9 @@ mod tests {
 
     #[test]
     fn invalid_templates_are_errors() {
-        for template in [
-            "${",
-            "${}",
-            "${ }",
-            "${ foo}",
-            "${foo }",
-            "${foo!}",
-            "${1}",
-            "${FOO BAR}",
-        ] {
+        for template in ["${", "${}", "${ }", "${ foo}", "${foo }", "${foo!}", "${1}", "${FOO BAR}"] {
             let err = sub_err(template);
-            assert!(
-                matches!(err, TemplateError::InvalidSyntax { .. }),
-                "{template}: {err:?}"
-            );
+            assert!(matches!(err, TemplateError::InvalidSyntax { .. }), "{template}: {err:?}");
         }
     }
 
@@ -743,10 +630,7 @@ mod tests {
     fn unterminated_expressions_are_errors() {
         for template in ["${FOO", "x ${FOO:-abc", "${A:-${B}", "${A:-{x}"] {
             let err = sub_err(template);
-            assert!(
-                err.to_string().contains("never closed"),
-                "{template}: {err}"
-            );
+            assert!(err.to_string().contains("never closed"), "{template}: {err}");
         }
     }
 
@@ -758,8 +642,7 @@ mod tests {
             TemplateError::InvalidSyntax {
                 template: "héllo ${FOO BAR}".into(),
                 column: 12,
-                problem: "unexpected ' ' after `${FOO`; expected `}` or one of :- - :? ? :+ +"
-                    .into(),
+                problem: "unexpected ' ' after `${FOO`; expected `}` or one of :- - :? ? :+ +".into(),
             }
         );
         assert!(err.to_string().contains("at character 12"));
@@ -778,10 +661,7 @@ mod tests {
     #[test]
     fn hostile_nesting_is_an_error_not_a_crash() {
         let deep = "${A:-".repeat(10_000) + &"}".repeat(10_000);
-        assert!(matches!(
-            sub_err(&deep),
-            TemplateError::InvalidSyntax { .. }
-        ));
+        assert!(matches!(sub_err(&deep), TemplateError::InvalidSyntax { .. }));
         let ok = "${A:-".repeat(MAX_NESTING) + "x" + &"}".repeat(MAX_NESTING);
         assert_eq!(sub(&ok), "x");
     }
@@ -809,32 +689,21 @@ mod tests {
         let mut doc = yaml("a: $NOPE\nb: [\"${NOPE}\", \"$OTHER\"]\n");
         let mut warnings = Vec::new();
         interpolate_value(&mut doc, &KeyPath::root(), &env, &mut warnings).unwrap();
-        assert_eq!(
-            warnings,
-            vec![unset_warning("NOPE"), unset_warning("OTHER")]
-        );
+        assert_eq!(warnings, vec![unset_warning("NOPE"), unset_warning("OTHER")]);
     }
 
     #[test]
     fn interpolation_errors_carry_the_path_and_a_hint() {
-        let mut doc =
-            yaml("services:\n  web:\n    ports:\n      - \"80\"\n      - ${PORT:?no port}\n");
+        let mut doc = yaml("services:\n  web:\n    ports:\n      - \"80\"\n      - ${PORT:?no port}\n");
         let err = interpolate_value(&mut doc, &KeyPath::root(), &env, &mut Vec::new()).unwrap_err();
         assert_eq!(err.path.to_string(), "services.web.ports[1]");
-        assert_eq!(
-            err.message,
-            "required variable PORT is missing a value: no port"
-        );
+        assert_eq!(err.message, "required variable PORT is missing a value: no port");
         let hint = err.hint.unwrap_or_default();
-        assert!(
-            hint.contains("set PORT in the environment or in the .env file"),
-            "{hint}"
-        );
+        assert!(hint.contains("set PORT in the environment or in the .env file"), "{hint}");
         assert!(hint.contains("${PORT:-default}"), "{hint}");
 
         let mut doc = yaml("x:\n  1: \"${oops\"\n");
-        let err =
-            interpolate_value(&mut doc, &KeyPath::parse("top"), &env, &mut Vec::new()).unwrap_err();
+        let err = interpolate_value(&mut doc, &KeyPath::parse("top"), &env, &mut Vec::new()).unwrap_err();
         assert_eq!(err.path.to_string(), "top.x.1");
         assert!(err.message.contains("never closed"), "{}", err.message);
     }

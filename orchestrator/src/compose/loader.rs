@@ -94,7 +94,16 @@ const MAX_INCLUDE_DEPTH: usize = 16;
 
 /// Loads a project.
 pub fn load(options: &LoadOptions) -> Result<LoadedProject, LoadError> {
-    let mut loader = Loader::default();
+    load_with(Loader::default(), options)
+}
+
+/// Loads a project whose files are given in memory (path → text) instead of read from disk;
+/// paths not in `files` are still read from disk. Used by the fuzz target and benchmarks.
+pub fn load_in_memory(options: &LoadOptions, files: BTreeMap<PathBuf, String>) -> Result<LoadedProject, LoadError> {
+    load_with(Loader { in_memory: files, ..Loader::default() }, options)
+}
+
+fn load_with(mut loader: Loader, options: &LoadOptions) -> Result<LoadedProject, LoadError> {
     let (files, project_dir, env) = loader.select_files_and_environment(options)?;
     let mut doc = loader.load_model(&files, &project_dir, &env, 0)?;
     let home = env.get("HOME").map(PathBuf::from);
@@ -108,14 +117,13 @@ pub fn load(options: &LoadOptions) -> Result<LoadedProject, LoadError> {
     set_project_defaults(&mut doc, &name);
 
     let project = loader.to_model(doc)?;
-    validate::check_project(&project).map_err(|e| loader.locate_error(e))?;
+    warnings.extend(validate::check_project(&project).map_err(|e| loader.locate_error(e))?);
     let _ = home;
 
-    let mut located: Vec<LoadWarning> = loader.warnings;
-    located.extend(warnings.into_iter().map(|w: PathWarning| LoadWarning {
-        location: Location { file: files[0].clone(), line: 0, column: 0 },
-        path: w.path,
-        message: w.message,
+    let mut located: Vec<LoadWarning> = std::mem::take(&mut loader.warnings);
+    located.extend(warnings.into_iter().map(|w: PathWarning| {
+        let location = loader.locate_error(PathError::new(w.path.clone(), "")).location;
+        LoadWarning { location, path: w.path, message: w.message }
     }));
     Ok(LoadedProject {
         project,
@@ -127,20 +135,23 @@ pub fn load(options: &LoadOptions) -> Result<LoadedProject, LoadError> {
     })
 }
 
+/// The compose files, the project directory and the environment, chosen before reading.
+type SelectedFiles = (Vec<PathBuf>, PathBuf, BTreeMap<String, String>);
+
 #[derive(Default)]
 struct Loader {
     /// Every file read, in order; used to find where a key path stands.
     sources: Vec<SourceFile>,
     warnings: Vec<LoadWarning>,
+    /// Files given as text rather than read from disk.
+    in_memory: BTreeMap<PathBuf, String>,
 }
 
 impl Loader {
-    fn select_files_and_environment(
-        &mut self,
-        options: &LoadOptions,
-    ) -> Result<(Vec<PathBuf>, PathBuf, BTreeMap<String, String>), LoadError> {
+    fn select_files_and_environment(&mut self, options: &LoadOptions) -> Result<SelectedFiles, LoadError> {
         let cwd = &options.working_dir;
-        let explicit_dir = options.project_directory.as_ref().map(|d| PathBuf::from(absolutize(&d.to_string_lossy(), cwd, None)));
+        let explicit_dir =
+            options.project_directory.as_ref().map(|d| PathBuf::from(absolutize(&d.to_string_lossy(), cwd, None)));
         // `.env` may itself say COMPOSE_FILE, so it is read from the project directory as known
         // before the files are chosen: --project-directory, or the working directory.
         let early_dir = explicit_dir.clone().unwrap_or_else(|| cwd.clone());
@@ -149,11 +160,15 @@ impl Loader {
             options.files.iter().map(|f| PathBuf::from(absolutize(&f.to_string_lossy(), cwd, None))).collect()
         } else if let Some(list) = early_env.get("COMPOSE_FILE").filter(|v| !v.is_empty()) {
             let separator = early_env.get("COMPOSE_PATH_SEPARATOR").map(String::as_str).unwrap_or(":");
-            list.split(separator).filter(|f| !f.is_empty()).map(|f| PathBuf::from(absolutize(f, &early_dir, None))).collect()
+            list.split(separator)
+                .filter(|f| !f.is_empty())
+                .map(|f| PathBuf::from(absolutize(f, &early_dir, None)))
+                .collect()
         } else {
             discovery::discover(explicit_dir.as_deref().unwrap_or(cwd))?
         };
-        let project_dir = explicit_dir.unwrap_or_else(|| files[0].parent().map(Path::to_path_buf).unwrap_or_else(|| cwd.clone()));
+        let project_dir =
+            explicit_dir.unwrap_or_else(|| files[0].parent().map(Path::to_path_buf).unwrap_or_else(|| cwd.clone()));
         let env = if project_dir == early_dir { early_env } else { build_environment(options, &project_dir)? };
         Ok((files, project_dir, env))
     }
@@ -191,7 +206,10 @@ impl Loader {
 
     /// One file → one canonical document (its YAML documents merged in order).
     fn read_canonical(&mut self, file: &Path, env: &BTreeMap<String, String>) -> Result<Value, LoadError> {
-        let source = SourceFile::read(file)?;
+        let source = match self.in_memory.get(file) {
+            Some(text) => SourceFile::parse(file, text)?,
+            None => SourceFile::read(file)?,
+        };
         let index = self.sources.len();
         let documents = source.documents.clone();
         self.sources.push(source);
@@ -205,6 +223,7 @@ impl Loader {
             interpolate_value(&mut doc, &KeyPath::root(), &lookup, &mut unset).map_err(|e| self.error_in(index, e))?;
             let mut canon_warnings = Vec::new();
             canonicalize_document(&mut doc, &mut canon_warnings).map_err(|e| self.error_in(index, e))?;
+            merge::enforce_uniqueness(&mut doc).map_err(|e| self.error_in(index, e))?;
             for w in bool_warnings.into_iter().chain(canon_warnings) {
                 let location = self.sources[index].location(&w.path, false);
                 self.warnings.push(LoadWarning { location, path: w.path, message: w.message });
@@ -249,15 +268,23 @@ impl Loader {
         let Some(service) = doc.get("services").and_then(|s| s.get(name)).cloned() else {
             let known = service_names(doc);
             return Err(self.locate_error(
-                PathError::new(path.clone(), format!("`extends` refers to service `{name}`, which {} does not define", file.display()))
-                    .with_hint(did_you_mean(name, known.iter().map(String::as_str)).unwrap_or_else(|| "check the service name".into())),
+                PathError::new(
+                    path.clone(),
+                    format!("`extends` refers to service `{name}`, which {} does not define", file.display()),
+                )
+                .with_hint(
+                    did_you_mean(name, known.iter().map(String::as_str))
+                        .unwrap_or_else(|| "check the service name".into()),
+                ),
             ));
         };
         let Some(extends) = service.get("extends").cloned() else { return Ok(service) };
         let extends_path = path.key("extends");
         let (base_name, base_file) = parse_extends(&extends, &extends_path).map_err(|e| self.locate_error(e))?;
         let base_file = match base_file {
-            Some(f) => PathBuf::from(absolutize(&f, file.parent().unwrap_or(Path::new("/")), env.get("HOME").map(Path::new))),
+            Some(f) => {
+                PathBuf::from(absolutize(&f, file.parent().unwrap_or(Path::new("/")), env.get("HOME").map(Path::new)))
+            }
             None => file.to_path_buf(),
         };
         if chain.iter().any(|(f, n)| *f == base_file && *n == base_name) {
@@ -310,7 +337,8 @@ impl Loader {
         for (i, entry) in entries.iter().enumerate() {
             let p = include_path.index(i);
             let spec = parse_include(entry, &p).map_err(|e| self.locate_error(e))?;
-            let files: Vec<PathBuf> = spec.paths.iter().map(|f| PathBuf::from(absolutize(f, project_dir, None))).collect();
+            let files: Vec<PathBuf> =
+                spec.paths.iter().map(|f| PathBuf::from(absolutize(f, project_dir, None))).collect();
             let Some(first) = files.first() else { continue };
             let sub_dir = match &spec.project_directory {
                 Some(d) => PathBuf::from(absolutize(d, project_dir, None)),
@@ -354,8 +382,13 @@ impl Loader {
                     if *existing != value {
                         let name = scalar_text(&key).unwrap_or_default();
                         return Err(self.locate_error(
-                            PathError::new(path.clone(), format!("the included file defines {section_name}.{name}, which this project also defines"))
-                                .with_hint("rename one of them, or remove it from one side"),
+                            PathError::new(
+                                path.clone(),
+                                format!(
+                                    "the included file defines {section_name}.{name}, which this project also defines"
+                                ),
+                            )
+                            .with_hint("rename one of them, or remove it from one side"),
                         ));
                     }
                     continue;
@@ -377,7 +410,11 @@ impl Loader {
         let names = service_names(doc);
         for name in names {
             let path = KeyPath::root().key("services").key(name.as_str());
-            let Some(service) = doc.get_mut("services").and_then(|s| s.get_mut(name.as_str())).and_then(Value::as_mapping_mut) else { continue };
+            let Some(service) =
+                doc.get_mut("services").and_then(|s| s.get_mut(name.as_str())).and_then(Value::as_mapping_mut)
+            else {
+                continue;
+            };
             let mut from_files: BTreeMap<String, Option<String>> = BTreeMap::new();
             if let Some(Value::Sequence(files)) = service.get("env_file") {
                 for (i, entry) in files.iter().enumerate() {
@@ -387,18 +424,21 @@ impl Loader {
                     match dotenv::read_env_file(Path::new(&file), &|k: &str| env.get(k).cloned()) {
                         Ok(vars) => from_files.extend(vars),
                         Err(dotenv::EnvFileError::NotFound { .. }) if !required => {
-                            warnings.push(PathWarning { path: entry_path, message: format!("optional env_file {file} not found; skipped") });
+                            warnings.push(PathWarning {
+                                path: entry_path,
+                                message: format!("optional env_file {file} not found; skipped"),
+                            });
                         }
-                        Err(e) => {
-                            let hint = match e {
-                                dotenv::EnvFileError::NotFound { .. } => {
-                                    Some("create the file, fix the path, or mark it optional with `required: false`".to_string())
-                                }
-                                _ => Some(e.hint()),
-                            };
-                            let mut error = PathError::new(entry_path, e.to_string());
-                            error.hint = hint;
+                        Err(e @ dotenv::EnvFileError::NotFound { .. }) => {
+                            let error = PathError::new(entry_path, e.to_string())
+                                .with_hint("create the file, fix the path, or mark it optional with `required: false`");
                             return Err(self.locate_error(error));
+                        }
+                        // A problem inside the env file is reported where it is, in that file.
+                        Err(e) => {
+                            let mut error = LoadError::from(e);
+                            error.path = entry_path;
+                            return Err(error);
                         }
                     }
                 }
@@ -433,10 +473,12 @@ impl Loader {
         let mut from_files = Vec::new();
         for (i, file) in files.iter().enumerate() {
             let file = file.as_str().unwrap_or_default();
-            let vars = dotenv::read_env_file(Path::new(file), &|_: &str| None).map_err(|e| {
-                let mut error = PathError::new(path.key("label_file").index(i), e.to_string());
-                error.hint = Some(e.hint());
-                self.locate_error(error)
+            let vars = dotenv::read_env_file(Path::new(file), &|_: &str| None).map_err(|e| match e {
+                dotenv::EnvFileError::NotFound { .. } => {
+                    let hint = e.hint();
+                    self.locate_error(PathError::new(path.key("label_file").index(i), e.to_string()).with_hint(hint))
+                }
+                other => LoadError::from(other),
             })?;
             from_files.extend(vars);
         }
@@ -466,7 +508,8 @@ impl Loader {
             .iter()
             .filter(|(_, s)| !enabled(s))
             .filter_map(|(k, s)| {
-                let profiles = s.get("profiles")?.as_sequence()?.iter().filter_map(|p| p.as_str().map(str::to_string)).collect();
+                let profiles =
+                    s.get("profiles")?.as_sequence()?.iter().filter_map(|p| p.as_str().map(str::to_string)).collect();
                 Some((k.as_str()?.to_string(), profiles))
             })
             .collect();
@@ -483,8 +526,14 @@ impl Loader {
                     let name = name.as_str().unwrap_or_default();
                     let path = KeyPath::root().key("services").key(name).key("depends_on").key(dep);
                     return Err(self.locate_error(
-                        PathError::new(path, format!("service `{name}` depends on `{dep}`, which is not enabled by the active profiles"))
-                            .with_hint(format!("enable it with --profile {} (or COMPOSE_PROFILES), or set `required: false`", profiles.join(" --profile "))),
+                        PathError::new(
+                            path,
+                            format!("service `{name}` depends on `{dep}`, which is not enabled by the active profiles"),
+                        )
+                        .with_hint(format!(
+                            "enable it with --profile {} (or COMPOSE_PROFILES), or set `required: false`",
+                            profiles.join(" --profile ")
+                        )),
                     ));
                 }
             }
@@ -536,12 +585,17 @@ fn build_environment(options: &LoadOptions, project_dir: &Path) -> Result<BTreeM
     let files: Vec<PathBuf> = if options.env_files.is_empty() {
         vec![project_dir.join(".env")].into_iter().filter(|f| f.is_file()).collect()
     } else {
-        options.env_files.iter().map(|f| PathBuf::from(absolutize(&f.to_string_lossy(), &options.working_dir, None))).collect()
+        options
+            .env_files
+            .iter()
+            .map(|f| PathBuf::from(absolutize(&f.to_string_lossy(), &options.working_dir, None)))
+            .collect()
     };
     let mut env = options.os_env.clone();
     let mut from_files: BTreeMap<String, String> = BTreeMap::new();
     for file in files {
-        let lookup_env: BTreeMap<String, String> = from_files.iter().chain(options.os_env.iter()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let lookup_env: BTreeMap<String, String> =
+            from_files.iter().chain(options.os_env.iter()).map(|(k, v)| (k.clone(), v.clone())).collect();
         for (k, v) in read_dotenv(&file, &lookup_env)? {
             if let Some(v) = v {
                 from_files.insert(k, v);
@@ -555,16 +609,18 @@ fn build_environment(options: &LoadOptions, project_dir: &Path) -> Result<BTreeM
 }
 
 fn read_dotenv(file: &Path, env: &BTreeMap<String, String>) -> Result<Vec<(String, Option<String>)>, LoadError> {
-    dotenv::read_env_file(file, &|k: &str| env.get(k).cloned()).map_err(|e| {
-        let hint = e.hint();
-        let line = e.line().unwrap_or(0);
-        LoadError::new(Location { file: file.to_path_buf(), line, column: if line > 0 { 1 } else { 0 } }, KeyPath::root(), e.to_string()).with_hint(hint)
-    })
+    dotenv::read_env_file(file, &|k: &str| env.get(k).cloned()).map_err(LoadError::from)
 }
 
 fn active_profiles(options: &LoadOptions, env: &BTreeMap<String, String>) -> BTreeSet<String> {
     if !options.profiles.is_empty() {
-        return options.profiles.iter().flat_map(|p| p.split(',')).map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
+        return options
+            .profiles
+            .iter()
+            .flat_map(|p| p.split(','))
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect();
     }
     env.get("COMPOSE_PROFILES")
         .map(|p| p.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect())
@@ -582,7 +638,12 @@ fn collect_profiles(doc: &Value) -> BTreeSet<String> {
 }
 
 /// `-p` > `COMPOSE_PROJECT_NAME` > top-level `name:` > the project directory's name.
-fn project_name(options: &LoadOptions, env: &BTreeMap<String, String>, doc: &Value, project_dir: &Path) -> Result<String, PathError> {
+fn project_name(
+    options: &LoadOptions,
+    env: &BTreeMap<String, String>,
+    doc: &Value,
+    project_dir: &Path,
+) -> Result<String, PathError> {
     if let Some(name) = &options.project_name {
         if !discovery::is_valid_project_name(name) {
             return Err(PathError::new(KeyPath::root(), format!("invalid project name {name:?} given with -p"))
@@ -666,13 +727,17 @@ fn parse_extends(value: &Value, path: &KeyPath) -> Result<(String, Option<String
         Value::String(s) => Ok((s.clone(), None)),
         Value::Mapping(m) => {
             let service = m.get("service").and_then(Value::as_str).ok_or_else(|| {
-                PathError::new(path.clone(), "`extends` needs `service`").with_hint("write extends: {service: NAME, file: FILE}")
+                PathError::new(path.clone(), "`extends` needs `service`")
+                    .with_hint("write extends: {service: NAME, file: FILE}")
             })?;
             for key in m.keys() {
                 if !matches!(key.as_str(), Some("service" | "file")) {
                     let k = scalar_text(key).unwrap_or_default();
                     return Err(PathError::new(path.key(k.as_str()), format!("unknown attribute `{k}` in extends"))
-                        .with_hint(did_you_mean(&k, ["service", "file"]).unwrap_or_else(|| "extends takes `service` and `file`".into())));
+                        .with_hint(
+                            did_you_mean(&k, ["service", "file"])
+                                .unwrap_or_else(|| "extends takes `service` and `file`".into()),
+                        ));
                 }
             }
             Ok((service.to_string(), m.get("file").and_then(Value::as_str).map(str::to_string)))
@@ -702,12 +767,16 @@ fn parse_include(entry: &Value, path: &KeyPath) -> Result<IncludeSpec, PathError
                 if !matches!(key.as_str(), Some("path" | "project_directory" | "env_file")) {
                     let k = scalar_text(key).unwrap_or_default();
                     return Err(PathError::new(path.key(k.as_str()), format!("unknown attribute `{k}` in include"))
-                        .with_hint(did_you_mean(&k, ["path", "project_directory", "env_file"]).unwrap_or_else(|| "include takes path, project_directory and env_file".into())));
+                        .with_hint(
+                            did_you_mean(&k, ["path", "project_directory", "env_file"])
+                                .unwrap_or_else(|| "include takes path, project_directory and env_file".into()),
+                        ));
                 }
             }
             let paths = strings(m.get("path"));
             if paths.is_empty() {
-                return Err(PathError::new(path.clone(), "an include entry needs `path`").with_hint("write include: [{path: other/compose.yaml}]"));
+                return Err(PathError::new(path.clone(), "an include entry needs `path`")
+                    .with_hint("write include: [{path: other/compose.yaml}]"));
             }
             Ok(IncludeSpec {
                 paths,
@@ -722,14 +791,32 @@ fn parse_include(entry: &Value, path: &KeyPath) -> Result<IncludeSpec, PathError
 /// Keys whose mappings hold user data (names, variables, labels) rather than attributes:
 /// an `x-` key there is data, not an extension.
 const FREE_FORM_KEYS: &[&str] = &[
-    "environment", "labels", "annotations", "sysctls", "args", "driver_opts", "options", "extra_hosts",
-    "storage_opt", "aux_addresses", "additional_contexts", "depends_on", "networks", "ulimits", "services",
-    "volumes", "secrets", "configs", "models",
+    "environment",
+    "labels",
+    "annotations",
+    "sysctls",
+    "args",
+    "driver_opts",
+    "options",
+    "extra_hosts",
+    "storage_opt",
+    "aux_addresses",
+    "additional_contexts",
+    "depends_on",
+    "networks",
+    "ulimits",
+    "services",
+    "volumes",
+    "secrets",
+    "configs",
+    "models",
 ];
 
 /// Removes `x-` extension keys at attribute levels (compose ignores them).
 fn strip_extensions(value: &mut Value, path: &KeyPath) {
-    let free_form = path.last_key().is_some_and(|k| FREE_FORM_KEYS.contains(&k)) && path.segments().len() % 2 == 1 && !path.is_root();
+    let free_form = path.last_key().is_some_and(|k| FREE_FORM_KEYS.contains(&k))
+        && path.segments().len() % 2 == 1
+        && !path.is_root();
     match value {
         Value::Mapping(map) => {
             if !free_form {
@@ -752,9 +839,26 @@ fn strip_extensions(value: &mut Value, path: &KeyPath) {
 
 /// Attributes whose value is a boolean; `yes`/`no`/`on`/`off` there are YAML 1.1 booleans.
 const BOOLEAN_ATTRIBUTES: &[&str] = &[
-    "attach", "init", "no_cache", "pull", "privileged", "oom_kill_disable", "read_only", "stdin_open", "tty",
-    "use_api_socket", "required", "initial_sync", "disable", "external", "internal", "attachable",
-    "enable_ipv4", "enable_ipv6", "create_host_path", "nocopy",
+    "attach",
+    "init",
+    "no_cache",
+    "pull",
+    "privileged",
+    "oom_kill_disable",
+    "read_only",
+    "stdin_open",
+    "tty",
+    "use_api_socket",
+    "required",
+    "initial_sync",
+    "disable",
+    "external",
+    "internal",
+    "attachable",
+    "enable_ipv4",
+    "enable_ipv6",
+    "create_host_path",
+    "nocopy",
 ];
 
 fn warn_yaml11_booleans(value: &Value, path: &KeyPath, warnings: &mut Vec<PathWarning>) {
@@ -812,15 +916,34 @@ fn describe_serde_error(path: KeyPath, message: &str) -> PathError {
     if let Some(rest) = message.strip_prefix("unknown variant `") {
         let (value, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let known = backticked(expected);
-        let hint = did_you_mean(value, known.iter().map(String::as_str)).unwrap_or_else(|| format!("use one of: {}", known.join(", ")));
+        let hint = did_you_mean(value, known.iter().map(String::as_str))
+            .unwrap_or_else(|| format!("use one of: {}", known.join(", ")));
         return PathError::new(path, format!("invalid value `{value}`")).with_hint(hint);
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
-        return PathError::new(path, format!("missing required attribute `{field}`")).with_hint(format!("add `{field}:`"));
+        return PathError::new(path, format!("missing required attribute `{field}`"))
+            .with_hint(format!("add `{field}:`"));
     }
-    let message = message.replace("invalid type: ", "wrong type: got ");
-    PathError::new(path, message)
+    // Our own parsers end their message with "; write ..." — that part is the hint.
+    if let Some((message, advice)) = message.split_once("; write ") {
+        return PathError::new(path, message).with_hint(format!("write {advice}"));
+    }
+    let message = message
+        .replace("invalid type: ", "wrong type: got ")
+        .replace("got sequence", "got a list")
+        .replace("got map", "got a mapping")
+        .replace("got unit value", "got nothing (null)");
+    // "wrong type: got X, expected Y" (serde) or "expected Y, got X" (our readers).
+    let expected = match message.split_once(", expected ") {
+        Some((_, expected)) => Some(expected),
+        None => message.strip_prefix("expected ").and_then(|m| m.split(", got ").next()),
+    };
+    let hint = match (expected, path.last_key()) {
+        (Some(expected), Some(key)) => format!("write `{key}` as {expected}"),
+        _ => "see the Compose Specification for this attribute's form".to_string(),
+    };
+    PathError::new(path, message).with_hint(hint)
 }
 
 fn backticked(text: &str) -> Vec<String> {

@@ -163,16 +163,8 @@ const RULES: &[(&str, Rule)] = &[
     ("services.*.ports", Rule::Unique(Identity::Port)),
     ("services.*.volumes", Rule::Unique(Identity::Target)),
     ("services.*.devices", Rule::Unique(Identity::Target)),
-    (
-        "services.*.secrets",
-        Rule::Unique(Identity::Mount {
-            dir: "/run/secrets",
-        }),
-    ),
-    (
-        "services.*.configs",
-        Rule::Unique(Identity::Mount { dir: "" }),
-    ),
+    ("services.*.secrets", Rule::Unique(Identity::Mount { dir: "/run/secrets" })),
+    ("services.*.configs", Rule::Unique(Identity::Mount { dir: "" })),
     ("services.*.env_file", Rule::Unique(Identity::FilePath)),
     ("services.*.tmpfs", Rule::Unique(Identity::TmpfsTarget)),
     ("services.*.dns", Rule::Unique(Identity::Text)),
@@ -185,14 +177,8 @@ const RULES: &[(&str, Rule)] = &[
     ("services.*.profiles", Rule::Unique(Identity::Text)),
     ("services.*.build.tags", Rule::Unique(Identity::Text)),
     ("services.*.build.platforms", Rule::Unique(Identity::Text)),
-    (
-        "services.*.networks.*.aliases",
-        Rule::Unique(Identity::Text),
-    ),
-    (
-        "services.*.networks.*.link_local_ips",
-        Rule::Unique(Identity::Text),
-    ),
+    ("services.*.networks.*.aliases", Rule::Unique(Identity::Text)),
+    ("services.*.networks.*.link_local_ips", Rule::Unique(Identity::Text)),
     ("networks.*.labels", Rule::StringMap),
     ("networks.*.driver_opts", Rule::StringMap),
     ("networks.*.ipam.options", Rule::StringMap),
@@ -204,10 +190,7 @@ const RULES: &[(&str, Rule)] = &[
 ];
 
 fn rule_for(logical: &[String]) -> Rule {
-    RULES
-        .iter()
-        .find(|(pattern, _)| pattern_matches(pattern, logical))
-        .map_or(Rule::Deep, |(_, rule)| *rule)
+    RULES.iter().find(|(pattern, _)| pattern_matches(pattern, logical)).map_or(Rule::Deep, |(_, rule)| *rule)
 }
 
 fn pattern_matches(pattern: &str, logical: &[String]) -> bool {
@@ -226,35 +209,23 @@ struct At {
 
 impl At {
     fn root() -> Self {
-        At {
-            path: KeyPath::root(),
-            logical: Vec::new(),
-        }
+        At { path: KeyPath::root(), logical: Vec::new() }
     }
 
     fn service(path: KeyPath) -> Self {
-        At {
-            path,
-            logical: vec!["services".to_string(), "*".to_string()],
-        }
+        At { path, logical: vec!["services".to_string(), "*".to_string()] }
     }
 
     fn key(&self, key: &str) -> Self {
         let mut logical = self.logical.clone();
         logical.push(key.to_string());
-        At {
-            path: self.path.key(key),
-            logical,
-        }
+        At { path: self.path.key(key), logical }
     }
 
     fn index(&self, index: usize) -> Self {
         let mut logical = self.logical.clone();
         logical.push("[]".to_string());
-        At {
-            path: self.path.index(index),
-            logical,
-        }
+        At { path: self.path.index(index), logical }
     }
 
     /// The attribute name, for messages (the last key: `volumes` for `services.web.volumes[2]`).
@@ -285,9 +256,7 @@ fn classify(mut value: Value) -> Incoming {
     loop {
         match value {
             Value::Tagged(tagged) if tagged.tag == "reset" => return Incoming::Reset,
-            Value::Tagged(tagged) if tagged.tag == "override" => {
-                return Incoming::Override(tagged.value)
-            }
+            Value::Tagged(tagged) if tagged.tag == "override" => return Incoming::Override(tagged.value),
             // Tags other than ours carry no meaning for compose: look through them.
             Value::Tagged(tagged) => value = tagged.value,
             other => return Incoming::Plain(other),
@@ -344,16 +313,12 @@ fn merge_by_rule(base: Value, overlay: Value, at: &At) -> Result<Value, PathErro
 
 fn merge_deep(base: Value, overlay: Value, at: &At) -> Result<Value, PathError> {
     match (base, overlay) {
-        (Value::Mapping(base), Value::Mapping(overlay)) => {
-            merge_mappings(base, overlay, at).map(Value::Mapping)
-        }
+        (Value::Mapping(base), Value::Mapping(overlay)) => merge_mappings(base, overlay, at).map(Value::Mapping),
         (Value::Sequence(mut base), Value::Sequence(overlay)) => {
             base.extend(stripped_items(overlay));
             Ok(Value::Sequence(base))
         }
-        (base, overlay) if is_container(&base) || is_container(&overlay) => {
-            Err(mismatch(&base, &overlay, at))
-        }
+        (base, overlay) if is_container(&base) || is_container(&overlay) => Err(mismatch(&base, &overlay, at)),
         (_, overlay) => Ok(stripped(overlay)),
     }
 }
@@ -503,12 +468,7 @@ struct UniqueList {
 
 impl UniqueList {
     fn new(identity: Identity, mode: EntryMerge) -> Self {
-        UniqueList {
-            identity,
-            mode,
-            entries: Vec::new(),
-            positions: HashMap::new(),
-        }
+        UniqueList { identity, mode, entries: Vec::new(), positions: HashMap::new() }
     }
 
     /// `wholesale`: the entry was tagged `!override`, so it replaces even in deep mode.
@@ -542,8 +502,7 @@ fn identity_of(entry: &Value, identity: Identity, at: &At) -> Result<Option<Stri
         Identity::Text => text_identity(entry, at).map(Some),
         Identity::TmpfsTarget => match entry {
             Value::Mapping(map) => required_field(map, "target", at).map(Some),
-            _ => text_identity(entry, at)
-                .map(|t| Some(t.split(':').next().unwrap_or_default().to_string())),
+            _ => text_identity(entry, at).map(|t| Some(t.split(':').next().unwrap_or_default().to_string())),
         },
         Identity::Port => port_identity(entry, at).map(Some),
         Identity::Target => match entry {
@@ -561,10 +520,7 @@ fn identity_of(entry: &Value, identity: Identity, at: &At) -> Result<Option<Stri
 
 fn text_identity(entry: &Value, at: &At) -> Result<String, PathError> {
     scalar_text(entry).ok_or_else(|| {
-        PathError::new(
-            at.path.clone(),
-            format!("expected a string in `{}`, got {}", at.name(), kind(entry)),
-        )
+        PathError::new(at.path.clone(), format!("expected a string in `{}`, got {}", at.name(), kind(entry)))
     })
 }
 
@@ -575,12 +531,9 @@ fn port_identity(entry: &Value, at: &At) -> Result<String, PathError> {
         return Err(expected_mapping(entry, at));
     };
     let target = required_field(map, "target", at)?;
-    let host = field_text(map, "host_ip")
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "0.0.0.0".to_string());
+    let host = field_text(map, "host_ip").filter(|h| !h.is_empty()).unwrap_or_else(|| "0.0.0.0".to_string());
     let published = field_text(map, "published").unwrap_or_default();
-    let protocol =
-        field_text(map, "protocol").map_or_else(|| "tcp".to_string(), |p| p.to_ascii_lowercase());
+    let protocol = field_text(map, "protocol").map_or_else(|| "tcp".to_string(), |p| p.to_ascii_lowercase());
     Ok(format!("{host}:{published}:{target}/{protocol}"))
 }
 
@@ -600,14 +553,8 @@ fn mount_identity(entry: &Value, dir: &str, at: &At) -> Result<String, PathError
 
 fn required_field(map: &Mapping, field: &str, at: &At) -> Result<String, PathError> {
     field_text(map, field).ok_or_else(|| {
-        PathError::new(
-            at.path.clone(),
-            format!("this `{}` entry has no `{field}`", at.name()),
-        )
-        .with_hint(format!(
-            "add `{field}:`; entries of `{}` are matched across files by it",
-            at.name()
-        ))
+        PathError::new(at.path.clone(), format!("this `{}` entry has no `{field}`", at.name()))
+            .with_hint(format!("add `{field}:`; entries of `{}` are matched across files by it", at.name()))
     })
 }
 
@@ -631,6 +578,10 @@ fn scalar_text(value: &Value) -> Option<String> {
 // Uniqueness within one document
 
 fn unify_in_place(value: &mut Value, at: &At) -> Result<(), PathError> {
+    // serde_yaml's `is_sequence()` looks through tags, so tags must be unwrapped first.
+    if let Value::Tagged(tagged) = value {
+        return unify_in_place(&mut tagged.value, at);
+    }
     let keyed = match rule_for(&at.logical) {
         Rule::Unique(identity) => Some((identity, EntryMerge::Replace)),
         Rule::Keyed(identity) => Some((identity, EntryMerge::Deep)),
@@ -667,19 +618,14 @@ fn check_document(document: &Value, at: &At) -> Result<(), PathError> {
     if value.is_mapping() || value.is_null() {
         return Ok(());
     }
-    Err(PathError::new(
-        at.path.clone(),
-        format!("a compose file must be a mapping, got {}", kind(value)),
-    )
-    .with_hint("start the file with top-level keys such as `services:`"))
+    Err(PathError::new(at.path.clone(), format!("a compose file must be a mapping, got {}", kind(value)))
+        .with_hint("start the file with top-level keys such as `services:`"))
 }
 
 fn both_mappings(base: Value, overlay: Value, at: &At) -> Result<(Mapping, Mapping), PathError> {
     match (base, overlay) {
         (Value::Mapping(base), Value::Mapping(overlay)) => Ok((base, overlay)),
-        (base, overlay) if base.is_mapping() || overlay.is_mapping() => {
-            Err(mismatch(&base, &overlay, at))
-        }
+        (base, overlay) if base.is_mapping() || overlay.is_mapping() => Err(mismatch(&base, &overlay, at)),
         (_, overlay) => Err(expected_mapping(&overlay, at)),
     }
 }
@@ -696,20 +642,13 @@ fn into_items(value: Value, at: &At) -> Result<Vec<Value>, PathError> {
 
 /// The items of an overlay sequence, `!reset` entries dropped and tags resolved.
 fn stripped_items(items: Vec<Value>) -> Vec<Value> {
-    items
-        .into_iter()
-        .filter(|item| !is_reset(item))
-        .map(stripped)
-        .collect()
+    items.into_iter().filter(|item| !is_reset(item)).map(stripped).collect()
 }
 
 fn key_text(key: &Value, at: &At) -> Result<String, PathError> {
     scalar_text(key).ok_or_else(|| {
-        PathError::new(
-            at.path.clone(),
-            format!("mapping keys must be strings, got {}", kind(key)),
-        )
-        .with_hint("quote the key")
+        PathError::new(at.path.clone(), format!("mapping keys must be strings, got {}", kind(key)))
+            .with_hint("quote the key")
     })
 }
 
@@ -741,17 +680,11 @@ fn mismatch(base: &Value, overlay: &Value, at: &At) -> PathError {
 }
 
 fn expected_mapping(got: &Value, at: &At) -> PathError {
-    PathError::new(
-        at.path.clone(),
-        format!("expected a mapping in `{}`, got {}", at.name(), kind(got)),
-    )
+    PathError::new(at.path.clone(), format!("expected a mapping in `{}`, got {}", at.name(), kind(got)))
 }
 
 fn expected_sequence(got: &Value, at: &At) -> PathError {
-    PathError::new(
-        at.path.clone(),
-        format!("expected a list in `{}`, got {}", at.name(), kind(got)),
-    )
+    PathError::new(at.path.clone(), format!("expected a list in `{}`, got {}", at.name(), kind(got)))
 }
 
 #[cfg(test)]
@@ -770,10 +703,7 @@ mod tests {
     fn assert_yaml(actual: &Value, expected: &str) {
         let expected = serde_yaml::to_string(&yaml(expected)).unwrap();
         let actual = serde_yaml::to_string(actual).unwrap();
-        assert_eq!(
-            actual, expected,
-            "\nactual:\n{actual}\nexpected:\n{expected}"
-        );
+        assert_eq!(actual, expected, "\nactual:\n{actual}\nexpected:\n{expected}");
     }
 
     fn assert_merge(base: &str, overlay: &str, expected: &str) {
@@ -936,16 +866,8 @@ services:
 
     #[test]
     fn an_empty_document_changes_nothing() {
-        assert_merge(
-            "services: {web: {image: a}}",
-            "",
-            "services: {web: {image: a}}",
-        );
-        assert_merge(
-            "",
-            "services: {web: {image: a}}",
-            "services: {web: {image: a}}",
-        );
+        assert_merge("services: {web: {image: a}}", "", "services: {web: {image: a}}");
+        assert_merge("", "services: {web: {image: a}}", "services: {web: {image: a}}");
     }
 
     #[test]
@@ -1747,13 +1669,9 @@ services:
         let a = yaml("services: {web: {image: a, dns: [1.1.1.1], environment: {A: '1'}}}");
         let b = yaml("services: {web: {dns: [2.2.2.2], environment: {B: '2'}}, db: {image: d}}");
         let c = yaml("services: {web: {dns: [1.1.1.1, 3.3.3.3], environment: {A: '3'}}}");
-        let left =
-            merge_documents(merge_documents(a.clone(), b.clone()).unwrap(), c.clone()).unwrap();
+        let left = merge_documents(merge_documents(a.clone(), b.clone()).unwrap(), c.clone()).unwrap();
         let right = merge_documents(a, merge_documents(b, c).unwrap()).unwrap();
-        assert_eq!(
-            serde_yaml::to_string(&left).unwrap(),
-            serde_yaml::to_string(&right).unwrap()
-        );
+        assert_eq!(serde_yaml::to_string(&left).unwrap(), serde_yaml::to_string(&right).unwrap());
     }
 
     #[test]
@@ -1787,23 +1705,10 @@ services:
 
     #[test]
     fn a_mapping_against_a_list_is_an_error_with_its_path() {
-        let error = merge_error(
-            "services: {web: {environment: {A: '1'}}}",
-            "services: {web: {environment: [A=1]}}",
-        );
+        let error = merge_error("services: {web: {environment: {A: '1'}}}", "services: {web: {environment: [A=1]}}");
         assert_eq!(error.path.to_string(), "services.web.environment");
-        assert!(
-            error.message.contains("cannot merge a list into a mapping"),
-            "{error}"
-        );
-        assert!(
-            error
-                .hint
-                .as_deref()
-                .unwrap_or_default()
-                .contains("!override"),
-            "{error}"
-        );
+        assert!(error.message.contains("cannot merge a list into a mapping"), "{error}");
+        assert!(error.hint.as_deref().unwrap_or_default().contains("!override"), "{error}");
 
         let error = merge_error(
             "services: {web: {volumes: [{type: volume, target: /a}]}}",
@@ -1811,26 +1716,17 @@ services:
         );
         assert_eq!(error.path.to_string(), "services.web.volumes");
 
-        let error = merge_error(
-            "services: {web: {deploy: {resources: {}}}}",
-            "services: {web: {deploy: [x]}}",
-        );
+        let error = merge_error("services: {web: {deploy: {resources: {}}}}", "services: {web: {deploy: [x]}}");
         assert_eq!(error.path.to_string(), "services.web.deploy");
     }
 
     #[test]
     fn a_container_against_a_scalar_is_an_error() {
-        let error = merge_error(
-            "services: {web: {build: {context: .}}}",
-            "services: {web: {build: ./app}}",
-        );
+        let error = merge_error("services: {web: {build: {context: .}}}", "services: {web: {build: ./app}}");
         assert_eq!(error.path.to_string(), "services.web.build");
         assert!(error.message.contains("a string into a mapping"), "{error}");
 
-        let error = merge_error(
-            "services: {web: {image: nginx}}",
-            "services: {web: {image: [nginx]}}",
-        );
+        let error = merge_error("services: {web: {image: nginx}}", "services: {web: {image: [nginx]}}");
         assert_eq!(error.path.to_string(), "services.web.image");
 
         let error = merge_error("services: {web: {image: a}}", "services: {web: web}");
@@ -1858,22 +1754,14 @@ services:
         assert!(error.message.contains("no `target`"), "{error}");
         assert!(error.hint.is_some());
 
-        let error = merge_error(
-            "services: {web: {ports: [{target: 80}]}}",
-            "services: {web: {ports: [{published: '80'}]}}",
-        );
+        let error =
+            merge_error("services: {web: {ports: [{target: 80}]}}", "services: {web: {ports: [{published: '80'}]}}");
         assert_eq!(error.path.to_string(), "services.web.ports[0]");
 
-        let error = merge_error(
-            "services: {web: {ports: [{target: 80}]}}",
-            "services: {web: {ports: ['80:80']}}",
-        );
+        let error = merge_error("services: {web: {ports: [{target: 80}]}}", "services: {web: {ports: ['80:80']}}");
         assert!(error.message.contains("expected a mapping"), "{error}");
 
-        let error = merge_error(
-            "services: {web: {cap_add: [A]}}",
-            "services: {web: {cap_add: [{a: b}]}}",
-        );
+        let error = merge_error("services: {web: {cap_add: [A]}}", "services: {web: {cap_add: [{a: b}]}}");
         assert_eq!(error.path.to_string(), "services.web.cap_add[0]");
     }
 
@@ -1928,32 +1816,18 @@ extends: {service: common}
         let result = merge_service(&base, &overlay, &KeyPath::parse("services.cli")).unwrap();
         assert_yaml(&result, "{image: a, user: nobody}");
 
-        let error = merge_service(
-            &base,
-            &yaml("{ports: {a: b}}"),
-            &KeyPath::parse("services.cli"),
-        )
-        .unwrap_err();
+        let error = merge_service(&base, &yaml("{ports: {a: b}}"), &KeyPath::parse("services.cli")).unwrap_err();
         assert_eq!(error.path.to_string(), "services.cli.ports");
 
-        let error = merge_service(
-            &yaml("[a]"),
-            &yaml("{image: b}"),
-            &KeyPath::parse("services.cli"),
-        )
-        .unwrap_err();
+        let error = merge_service(&yaml("[a]"), &yaml("{image: b}"), &KeyPath::parse("services.cli")).unwrap_err();
         assert_eq!(error.path.to_string(), "services.cli");
     }
 
     #[test]
     fn merge_service_uses_service_rules_whatever_the_path() {
         // The rules are looked up as `services.*` even when the caller reports elsewhere.
-        let result = merge_service(
-            &yaml("{command: [a, b]}"),
-            &yaml("{command: [c]}"),
-            &KeyPath::parse("x-base"),
-        )
-        .unwrap();
+        let result =
+            merge_service(&yaml("{command: [a, b]}"), &yaml("{command: [c]}"), &KeyPath::parse("x-base")).unwrap();
         assert_yaml(&result, "{command: [c]}");
     }
 

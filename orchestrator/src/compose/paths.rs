@@ -10,9 +10,7 @@ use serde_yaml::Value;
 /// removes `.` and resolves `..` lexically.
 pub fn absolutize(path: &str, base: &Path, home: Option<&Path>) -> String {
     let expanded = match (path.strip_prefix('~'), home) {
-        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => {
-            home.join(rest.trim_start_matches('/'))
-        }
+        (Some(rest), Some(home)) if rest.is_empty() || rest.starts_with('/') => home.join(rest.trim_start_matches('/')),
         _ => PathBuf::from(path),
     };
     let joined = if expanded.is_absolute() { expanded } else { base.join(expanded) };

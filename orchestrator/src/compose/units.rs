@@ -111,9 +111,8 @@ impl Serialize for Duration {
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = ScalarText::deserialize(d)?.0;
-        text.parse().map_err(|e: DurationError| {
-            de::Error::custom(format!("{e}; expected a duration like 1m30s, 10s or 500ms"))
-        })
+        text.parse()
+            .map_err(|e: DurationError| de::Error::custom(format!("{e}; write a duration like 1m30s, 10s or 500ms")))
     }
 }
 
@@ -173,8 +172,7 @@ impl Serialize for ByteSize {
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = ScalarText::deserialize(d)?.0;
-        text.parse()
-            .map_err(|e: ByteSizeError| de::Error::custom(format!("{e}; expected a size like 512m, 1g or 1024")))
+        text.parse().map_err(|e: ByteSizeError| de::Error::custom(format!("{e}; write a size like 512m, 1g or 1024")))
     }
 }
 
@@ -192,7 +190,7 @@ impl FromStr for FileMode {
             .ok()
             .filter(|m| *m <= 0o7777)
             .map(FileMode)
-            .ok_or_else(|| format!("invalid file mode {s:?}: expected octal digits like 0440 or 0755"))
+            .ok_or_else(|| format!("invalid file mode {s:?}; write octal digits like 0440 or 0755"))
     }
 }
 
@@ -217,7 +215,7 @@ impl<'de> Deserialize<'de> for ScalarText {
         impl Visitor<'_> for V {
             type Value = ScalarText;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string or number")
+                f.write_str("a single value (a string, number or boolean)")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ScalarText, E> {
                 Ok(ScalarText(v.to_string()))
@@ -261,9 +259,7 @@ pub mod lenient {
         T::Err: fmt::Display,
     {
         let text = ScalarText::deserialize(d)?.0;
-        text.trim()
-            .parse()
-            .map_err(|e| de::Error::custom(format!("expected a number, got {text:?} ({e})")))
+        text.trim().parse().map_err(|e| de::Error::custom(format!("expected a number, got {text:?} ({e})")))
     }
 
     pub fn opt_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -274,9 +270,7 @@ pub mod lenient {
     {
         Option::<ScalarText>::deserialize(d)?
             .map(|t| {
-                t.0.trim()
-                    .parse()
-                    .map_err(|e| de::Error::custom(format!("expected a number, got {:?} ({e})", t.0)))
+                t.0.trim().parse().map_err(|e| de::Error::custom(format!("expected a number, got {:?} ({e})", t.0)))
             })
             .transpose()
     }
@@ -290,12 +284,26 @@ pub mod lenient {
         }
     }
 
+    /// Reads a boolean, or a string spelling one; anything else is "expected a boolean".
+    fn bool_from_value<E: de::Error>(value: serde_yaml::Value) -> Result<Option<bool>, E> {
+        match value {
+            serde_yaml::Value::Null => Ok(None),
+            serde_yaml::Value::Bool(b) => Ok(Some(b)),
+            serde_yaml::Value::String(s) => parse_bool(&s).map(Some),
+            other => Err(de::Error::custom(format!(
+                "expected a boolean (true or false), got {}",
+                crate::compose::canonical::kind(&other)
+            ))),
+        }
+    }
+
     pub fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        parse_bool(&ScalarText::deserialize(d)?.0)
+        bool_from_value(serde_yaml::Value::deserialize(d)?)?
+            .ok_or_else(|| de::Error::custom("expected a boolean (true or false), got nothing (null)"))
     }
 
     pub fn opt_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-        Option::<ScalarText>::deserialize(d)?.map(|t| parse_bool(&t.0)).transpose()
+        bool_from_value(serde_yaml::Value::deserialize(d)?)
     }
 
     /// A string given as a string or as a number (`published: 8080`, `user: 1000`).

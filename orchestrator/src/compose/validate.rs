@@ -1,20 +1,22 @@
 //! Checks on the typed model that types alone cannot express: references between services and
 //! top-level resources, enumerated string values, and the dependency graph.
 
+use super::canonical::PathWarning;
 use super::error::{did_you_mean, PathError};
 use super::model::{MountType, Project, Service};
 use super::path::KeyPath;
 
 type Result<T> = std::result::Result<T, PathError>;
 
-/// Validates a whole project; the first problem found is returned.
-pub fn check_project(project: &Project) -> Result<()> {
+/// Validates a whole project; the first problem found is returned. Returns the warnings of the
+/// dependency graph (optional dependencies on absent services).
+pub fn check_project(project: &Project) -> Result<Vec<PathWarning>> {
     for (name, service) in &project.services {
         let path = KeyPath::root().key("services").key(name.as_str());
         check_service(project, name, service, &path)?;
     }
-    // GRAPH-HOOK: the dependency graph check is wired in once graph.rs lands.
-    Ok(())
+    let graph = crate::graph::ServiceGraph::build(project)?;
+    Ok(graph.warnings().to_vec())
 }
 
 fn check_service(project: &Project, name: &str, service: &Service, path: &KeyPath) -> Result<()> {
@@ -23,7 +25,13 @@ fn check_service(project: &Project, name: &str, service: &Service, path: &KeyPat
             .with_hint("add `image: NAME` or `build: ./DIR`"));
     }
     for network in service.networks.keys() {
-        check_reference(project.networks.keys(), network, &path.key("networks").key(network.as_str()), "network", "networks")?;
+        check_reference(
+            project.networks.keys(),
+            network,
+            &path.key("networks").key(network.as_str()),
+            "network",
+            "networks",
+        )?;
     }
     for (i, volume) in service.volumes.iter().enumerate() {
         if let (MountType::Volume, Some(source)) = (volume.kind, &volume.source) {
@@ -42,15 +50,24 @@ fn check_service(project: &Project, name: &str, service: &Service, path: &KeyPat
     if let Some(mode) = service.deploy.as_ref().and_then(|d| d.mode.as_deref()) {
         check_one_of(mode, &["replicated", "global", "replicated-job", "global-job"], &path.key("deploy").key("mode"))?;
     }
-    if let Some(condition) = service.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()).and_then(|r| r.condition.as_deref()) {
-        check_one_of(condition, &["none", "on-failure", "any"], &path.key("deploy").key("restart_policy").key("condition"))?;
+    if let Some(condition) =
+        service.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()).and_then(|r| r.condition.as_deref())
+    {
+        check_one_of(
+            condition,
+            &["none", "on-failure", "any"],
+            &path.key("deploy").key("restart_policy").key("condition"),
+        )?;
     }
     if let Some(policy) = &service.pull_policy {
         check_pull_policy(policy, &path.key("pull_policy"))?;
     }
     if service.container_name.is_some() && service.replicas() > 1 {
-        return Err(PathError::new(path.key("container_name"), format!("service `{name}` sets container_name but asks for {} replicas", service.replicas()))
-            .with_hint("container names are unique: remove container_name or run one replica"));
+        return Err(PathError::new(
+            path.key("container_name"),
+            format!("service `{name}` sets container_name but asks for {} replicas", service.replicas()),
+        )
+        .with_hint("container names are unique: remove container_name or run one replica"));
     }
     for (i, port) in service.ports.iter().enumerate() {
         if let Some(protocol) = &port.protocol {
@@ -82,7 +99,8 @@ fn check_one_of(value: &str, allowed: &[&str], path: &KeyPath) -> Result<()> {
     if allowed.contains(&value) {
         return Ok(());
     }
-    let hint = did_you_mean(value, allowed.iter().copied()).unwrap_or_else(|| format!("use one of: {}", allowed.join(", ")));
+    let hint =
+        did_you_mean(value, allowed.iter().copied()).unwrap_or_else(|| format!("use one of: {}", allowed.join(", ")));
     Err(PathError::new(path.clone(), format!("invalid value `{value}`")).with_hint(hint))
 }
 
@@ -105,6 +123,7 @@ fn check_pull_policy(value: &str, path: &KeyPath) -> Result<()> {
     if fixed.contains(&value) || every {
         return Ok(());
     }
-    let hint = did_you_mean(value, fixed).unwrap_or_else(|| format!("use one of: {}, or every_<duration>", fixed.join(", ")));
+    let hint =
+        did_you_mean(value, fixed).unwrap_or_else(|| format!("use one of: {}, or every_<duration>", fixed.join(", ")));
     Err(PathError::new(path.clone(), format!("invalid pull policy `{value}`")).with_hint(hint))
 }

@@ -190,11 +190,7 @@ impl SourceFile {
 
     pub fn location(&self, path: &KeyPath, prefer_key: bool) -> Location {
         let pos = self.positions.locate(path, prefer_key);
-        Location {
-            file: self.path.clone(),
-            line: pos.map_or(0, |p| p.line),
-            column: pos.map_or(0, |p| p.column),
-        }
+        Location { file: self.path.clone(), line: pos.map_or(0, |p| p.line), column: pos.map_or(0, |p| p.column) }
     }
 }
 

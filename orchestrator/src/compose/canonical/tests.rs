@@ -59,7 +59,9 @@ fn invalid_ports_are_rejected_with_path() {
 
 #[test]
 fn volumes_short_forms_become_long() {
-    let doc = canon(r#"services: {s: {volumes: ["/anon", "data:/data:ro,nocopy", "./site:/srv:ro,z", "~/x:/x", "/h:/c:rshared"]}}"#);
+    let doc = canon(
+        r#"services: {s: {volumes: ["/anon", "data:/data:ro,nocopy", "./site:/srv:ro,z", "~/x:/x", "/h:/c:rshared"]}}"#,
+    );
     let expected = yaml(
         r#"
 - {type: volume, target: /anon}
@@ -127,10 +129,7 @@ fn depends_on_forms() {
     let doc = canon("services: {s: {depends_on: [db]}}");
     assert_eq!(service(&doc, "depends_on"), yaml("{db: {condition: service_started, required: true}}"));
     let doc = canon("services: {s: {depends_on: {db: {condition: service_healthy, restart: true}}}}");
-    assert_eq!(
-        service(&doc, "depends_on"),
-        yaml("{db: {condition: service_healthy, restart: true, required: true}}")
-    );
+    assert_eq!(service(&doc, "depends_on"), yaml("{db: {condition: service_healthy, restart: true, required: true}}"));
 }
 
 #[test]

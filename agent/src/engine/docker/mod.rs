@@ -1,0 +1,482 @@
+//! The Docker engine driver, on bollard. Speaks only API 1.41 features (Debian's Docker 20.10).
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime};
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, InspectNetworkOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions,
+    WaitContainerOptions,
+};
+use bollard::Docker;
+use futures_util::stream::{BoxStream, StreamExt};
+
+use crate::engine::{
+    ContainerState, Engine, EngineError, EngineEvent, EngineResult, EventFilter, ImageReady,
+    LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome, WaitCondition,
+    WaitOutcome,
+};
+use crate::labels;
+use crate::spec::{ContainerSpec, ImageSpec, NetworkSpec, VolumeSpec};
+
+mod context;
+pub mod convert;
+mod events;
+mod image;
+
+/// Where Docker listens when `DOCKER_HOST` is unset.
+pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// A connection to one Docker engine. Cheap to clone (the client is shared).
+#[derive(Clone)]
+pub struct DockerEngine {
+    docker: Docker,
+    host: String,
+}
+
+impl DockerEngine {
+    /// Connects to `DOCKER_HOST`, or the default socket.
+    pub async fn connect() -> EngineResult<Self> {
+        let host = std::env::var("DOCKER_HOST")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        Self::connect_to(&host).await
+    }
+
+    /// Connects and negotiates the API version, so an unreachable engine is reported here, once,
+    /// rather than as an obscure failure of the first real request.
+    pub async fn connect_to(host: &str) -> EngineResult<Self> {
+        let unreachable = |cause: String| EngineError::Unreachable {
+            host: host.to_string(),
+            cause,
+        };
+        let docker = Docker::connect_with_host(host).map_err(|e| unreachable(error_chain(&e)))?;
+        // bollard defaults to a newer API than Docker 20.10 speaks; negotiation downgrades it.
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        Ok(DockerEngine {
+            docker,
+            host: host.to_string(),
+        })
+    }
+
+    /// The underlying client, for callers (and tests) that need an API this trait lacks.
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Turns a bollard error into ours; transport failures become `Unreachable`.
+    fn err(&self, context: impl Into<String>, e: BollardError) -> EngineError {
+        match e {
+            BollardError::DockerResponseServerError {
+                status_code,
+                message,
+            } => EngineError::Api {
+                context: context.into(),
+                status: Some(status_code),
+                message,
+            },
+            BollardError::SocketNotFoundError(_)
+            | BollardError::HyperLegacyError { .. }
+            | BollardError::IOError { .. }
+            | BollardError::RequestTimeoutError => EngineError::Unreachable {
+                host: self.host.clone(),
+                cause: error_chain(&e),
+            },
+            other => EngineError::api(context, error_chain(&other)),
+        }
+    }
+
+    /// Like `err`, but a 404 means the container is gone.
+    fn container_err(&self, id: &str, context: &str, e: BollardError) -> EngineError {
+        match status(&e) {
+            Some(404) => EngineError::ContainerNotFound(id.to_string()),
+            _ => self.err(format!("{context} container {id}"), e),
+        }
+    }
+
+    async fn wait_not_running(&self, id: &str) -> EngineResult<i64> {
+        let opts = WaitContainerOptions {
+            condition: "not-running".into(),
+        };
+        let mut stream = self.docker.wait_container(id, Some(opts));
+        match stream.next().await {
+            Some(Ok(r)) => Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(self.container_err(id, "waiting for", e)),
+            None => Err(EngineError::api(
+                format!("waiting for container {id}"),
+                "the engine closed the wait request without a result",
+            )),
+        }
+    }
+
+    async fn kill(&self, id: &str, signal: &str) -> EngineResult<bool> {
+        let opts = KillContainerOptions {
+            signal: signal.to_string(),
+        };
+        match self.docker.kill_container(id, Some(opts)).await {
+            Ok(()) => Ok(true),
+            // 409: not running (any more); the stop has nothing left to do.
+            Err(e) if status(&e) == Some(409) => Ok(false),
+            Err(e) => Err(self.container_err(id, &format!("sending {signal} to"), e)),
+        }
+    }
+}
+
+fn status(e: &BollardError) -> Option<u16> {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// The error and its sources on one line: hyper's top-level messages alone ("client error
+/// (Connect)") do not say what went wrong.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+impl Engine for DockerEngine {
+    async fn ensure_network(&self, spec: &NetworkSpec) -> EngineResult<String> {
+        let name = spec.name.as_str();
+        match self
+            .docker
+            .inspect_network(name, None::<InspectNetworkOptions>)
+            .await
+        {
+            Ok(n) => return Ok(n.id.unwrap_or_else(|| name.to_string())),
+            Err(e) if status(&e) == Some(404) => {
+                if spec.external {
+                    return Err(EngineError::ExternalNetworkMissing { name: name.into() });
+                }
+            }
+            Err(e) => return Err(self.err(format!("inspecting network {name}"), e)),
+        }
+        let ipam = (!spec.ipam.is_empty()).then(|| bollard::models::Ipam {
+            config: Some(
+                spec.ipam
+                    .iter()
+                    .map(|p| bollard::models::IpamConfig {
+                        subnet: Some(p.subnet.clone()),
+                        gateway: p.gateway.clone(),
+                        ip_range: p.ip_range.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        });
+        let request = NetworkCreateRequest {
+            name: name.to_string(),
+            driver: spec.driver.clone(),
+            internal: spec.internal.then_some(true),
+            attachable: spec.attachable.then_some(true),
+            enable_ipv6: spec.enable_ipv6.then_some(true),
+            ipam,
+            options: (!spec.driver_opts.is_empty())
+                .then(|| spec.driver_opts.clone().into_iter().collect()),
+            labels: Some(labels::network_labels(spec)),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(r) => Ok(r.id),
+            // Another agent task created it meanwhile: that is the idempotent outcome.
+            Err(e) if status(&e) == Some(409) => self
+                .docker
+                .inspect_network(name, None::<InspectNetworkOptions>)
+                .await
+                .map(|n| n.id.unwrap_or_else(|| name.to_string()))
+                .map_err(|e| self.err(format!("inspecting network {name}"), e)),
+            Err(e) => Err(self.err(format!("creating network {name}"), e)),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> EngineResult<()> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.err(format!("removing network {name}"), e)),
+        }
+    }
+
+    async fn ensure_volume(&self, spec: &VolumeSpec) -> EngineResult<String> {
+        let name = spec.name.as_str();
+        match self.docker.inspect_volume(name).await {
+            Ok(v) => return Ok(v.name),
+            Err(e) if status(&e) == Some(404) => {
+                if spec.external {
+                    return Err(EngineError::ExternalVolumeMissing { name: name.into() });
+                }
+            }
+            Err(e) => return Err(self.err(format!("inspecting volume {name}"), e)),
+        }
+        // Volume create is idempotent in Docker: an existing volume of that name is returned.
+        let request = VolumeCreateRequest {
+            name: Some(name.to_string()),
+            driver: spec.driver.clone(),
+            driver_opts: (!spec.driver_opts.is_empty())
+                .then(|| spec.driver_opts.clone().into_iter().collect()),
+            labels: Some(labels::volume_labels(spec)),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map(|v| v.name)
+            .map_err(|e| self.err(format!("creating volume {name}"), e))
+    }
+
+    async fn remove_volume(&self, name: &str) -> EngineResult<()> {
+        match self
+            .docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            Err(e) => Err(self.err(format!("removing volume {name}"), e)),
+        }
+    }
+
+    async fn ensure_image(
+        &self,
+        spec: &ImageSpec,
+        progress: Option<ProgressSink>,
+    ) -> EngineResult<ImageReady> {
+        image::ensure(self, spec, progress).await
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> EngineResult<String> {
+        let plan = convert::create_plan(spec)?;
+        let options = CreateContainerOptions {
+            name: Some(plan.name.clone()),
+            platform: plan.platform.clone().unwrap_or_default(),
+        };
+        let created = match self
+            .docker
+            .create_container(Some(options), plan.body)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) if status(&e) == Some(404) => {
+                return Err(EngineError::ImageUnavailable {
+                    image: spec.image.clone(),
+                    reason: format!(
+                        "it was not built or pulled before create ({})",
+                        error_chain(&e)
+                    ),
+                })
+            }
+            Err(e) => return Err(self.err(format!("creating container {}", plan.name), e)),
+        };
+        for (network, endpoint) in plan.extra_networks {
+            let request = NetworkConnectRequest {
+                container: created.id.clone(),
+                endpoint_config: Some(endpoint),
+            };
+            if let Err(e) = self.docker.connect_network(&network, request).await {
+                let err = self.err(
+                    format!("connecting container {} to network {network}", plan.name),
+                    e,
+                );
+                // A half-wired container would be adopted later as if it were fine.
+                let _ = self
+                    .remove(
+                        &created.id,
+                        RemoveOptions {
+                            force: true,
+                            volumes: true,
+                        },
+                    )
+                    .await;
+                return Err(err);
+            }
+        }
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> EngineResult<()> {
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.container_err(id, "starting", e))
+    }
+
+    async fn wait(&self, id: &str, until: WaitCondition) -> EngineResult<WaitOutcome> {
+        match until {
+            WaitCondition::Exit => {
+                let code = self.wait_not_running(id).await?;
+                let state = self.inspect(id).await?;
+                Ok(WaitOutcome::Exited {
+                    code,
+                    oom_killed: state.oom_killed,
+                })
+            }
+            WaitCondition::Health => events::wait_for_health(self, id).await,
+        }
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> EngineResult<StopOutcome> {
+        let inspect = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| self.container_err(id, "inspecting", e))?;
+        let running = inspect
+            .state
+            .as_ref()
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Ok(StopOutcome::AlreadyStopped);
+        }
+        // Sending the container's own stop signal (not a hard-coded SIGTERM) also tells the
+        // engine this exit is intended, so a restart policy does not bring it back.
+        let signal = inspect
+            .config
+            .and_then(|c| c.stop_signal)
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "SIGTERM".to_string());
+        if !self.kill(id, &signal).await? {
+            return Ok(StopOutcome::AlreadyStopped);
+        }
+        if tokio::time::timeout(grace, self.wait_not_running(id))
+            .await
+            .is_ok()
+        {
+            return Ok(StopOutcome::Exited);
+        }
+        if !self.kill(id, "SIGKILL").await? {
+            return Ok(StopOutcome::Exited);
+        }
+        self.wait_not_running(id).await?;
+        Ok(StopOutcome::Killed)
+    }
+
+    async fn remove(&self, id: &str, opts: RemoveOptions) -> EngineResult<()> {
+        let options = RemoveContainerOptions {
+            force: opts.force,
+            v: opts.volumes,
+            link: false,
+        };
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if status(&e) == Some(404) => Ok(()),
+            // 409 "removal already in progress": someone else is doing our job.
+            Err(e) if status(&e) == Some(409) && e.to_string().contains("in progress") => Ok(()),
+            Err(e) => Err(self.container_err(id, "removing", e)),
+        }
+    }
+
+    fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, EngineResult<LogChunk>> {
+        let options = LogsOptions {
+            follow: opts.follow,
+            stdout: true,
+            stderr: true,
+            since: 0,
+            until: 0,
+            timestamps: opts.timestamps,
+            tail: opts
+                .tail
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "all".into()),
+        };
+        let this = self.clone();
+        let id = id.to_string();
+        self.docker
+            .logs(&id, Some(options))
+            .map(move |item| match item {
+                Ok(out) => {
+                    use bollard::container::LogOutput;
+                    Ok(match out {
+                        LogOutput::StdOut { message } | LogOutput::StdIn { message } => LogChunk {
+                            stream: LogStream::Stdout,
+                            data: message,
+                        },
+                        LogOutput::StdErr { message } => LogChunk {
+                            stream: LogStream::Stderr,
+                            data: message,
+                        },
+                        LogOutput::Console { message } => LogChunk {
+                            stream: LogStream::Console,
+                            data: message,
+                        },
+                    })
+                }
+                Err(e) => Err(this.container_err(&id, "reading logs of", e)),
+            })
+            .boxed()
+    }
+
+    async fn events(
+        &self,
+        filter: EventFilter,
+    ) -> EngineResult<BoxStream<'static, EngineResult<EngineEvent>>> {
+        Ok(events::subscribe(self, filter))
+    }
+
+    async fn inspect(&self, id: &str) -> EngineResult<ContainerState> {
+        self.docker
+            .inspect_container(id, None)
+            .await
+            .map(convert::container_state)
+            .map_err(|e| self.container_err(id, "inspecting", e))
+    }
+
+    async fn list(&self, labels: &[(&str, &str)]) -> EngineResult<Vec<ContainerState>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|e| self.err("listing containers", e))?;
+        // The list API has no exit code or health on API 1.41, so inspect each one.
+        let mut out = Vec::with_capacity(summaries.len());
+        for id in summaries.into_iter().filter_map(|s| s.id) {
+            match self.inspect(&id).await {
+                Ok(state) => out.push(state),
+                // Removed between list and inspect.
+                Err(EngineError::ContainerNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Seconds since the epoch with nanoseconds, the format the events API takes for `since`.
+fn engine_time(t: SystemTime) -> String {
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
