@@ -547,7 +547,8 @@ impl Engine for MockEngine {
     async fn inspect(&self, id: &str) -> EngineResult<ContainerState> {
         let st = self.lock();
         let id = Self::resolve(&st, id)?;
-        Ok(st.containers[&id].state.borrow().clone())
+        let state = st.containers[&id].state.borrow().clone();
+        Ok(state)
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> EngineResult<Vec<ContainerState>> {
@@ -604,7 +605,7 @@ mod tests {
             WaitOutcome::Healthy
         );
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(
             engine.wait(&id, WaitCondition::Health).await.unwrap(),
             WaitOutcome::Unhealthy

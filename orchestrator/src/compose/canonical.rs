@@ -272,6 +272,10 @@ fn to_string_map(value: &mut Value, path: &KeyPath, without_value: ListItemWitho
                 let p = path.key(key);
                 with_tag(v, |v| {
                     if v.is_null() {
+                        // `labels: {foo: }` is an empty label; `environment: {FOO: }` stays unset.
+                        if let ListItemWithoutValue::Empty = without_value {
+                            *v = Value::String(String::new());
+                        }
                         return Ok(());
                     }
                     let text = scalar_text(v).ok_or_else(|| expected(&p, "a string, number or boolean", v))?;

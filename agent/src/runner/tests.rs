@@ -1,0 +1,255 @@
+//! Runner behaviour against the mock engine, on tokio's paused clock (deterministic timing).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::engine::mock::{MockBehavior, MockEngine};
+use crate::spec::TaskIdentity;
+
+fn spec(image: &str, task: &str) -> ContainerSpec {
+    ContainerSpec::new(
+        TaskIdentity {
+            project: "p".into(),
+            service: "svc".into(),
+            container_number: task.trim_start_matches('t').parse().unwrap_or(1),
+            config_hash: "h".into(),
+            node_id: "node-1".into(),
+            task_id: task.into(),
+        },
+        image,
+    )
+}
+
+async fn runner(engine: &MockEngine) -> (TaskRunner<MockEngine>, mpsc::Receiver<TaskStatus>) {
+    let (tx, rx) = mpsc::channel(64);
+    let r = TaskRunner::start(Arc::new(engine.clone()), "node-1", tx)
+        .await
+        .unwrap();
+    (r, rx)
+}
+
+/// Receives statuses of `task` until one satisfies `done`; returns all of them in order. With the
+/// clock paused, a hang shows up as tokio's "time is frozen and no task is runnable" timeout.
+async fn until(
+    rx: &mut mpsc::Receiver<TaskStatus>,
+    task: &str,
+    done: impl Fn(&TaskState) -> bool,
+) -> Vec<TaskState> {
+    let mut seen = Vec::new();
+    loop {
+        let s = tokio::time::timeout(Duration::from_secs(3600), rx.recv())
+            .await
+            .expect("no status within the deadline")
+            .expect("status channel closed");
+        if s.task_id != task {
+            continue;
+        }
+        let stop = done(&s.state);
+        seen.push(s.state);
+        if stop {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reports_lifecycle_through_health_to_exit() {
+    let engine = MockEngine::new();
+    engine.behave(
+        "web",
+        MockBehavior {
+            health: vec![
+                (Duration::from_secs(2), HealthStatus::Healthy),
+                (Duration::from_secs(3), HealthStatus::Unhealthy),
+            ],
+            exit_after: Some((Duration::from_secs(10), 3)),
+            ..Default::default()
+        },
+    );
+    let (r, mut rx) = runner(&engine).await;
+    r.run(spec("web", "t1"));
+    let states = until(&mut rx, "t1", TaskState::is_terminal).await;
+    assert_eq!(
+        states,
+        vec![
+            TaskState::Created,
+            TaskState::Starting,
+            TaskState::Running,
+            TaskState::Healthy,
+            TaskState::Unhealthy,
+            TaskState::Exited { code: 3 },
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn start_failure_and_missing_image_fail_with_reasons() {
+    let engine = MockEngine::new();
+    engine.only_images(["broken"]);
+    engine.behave(
+        "broken",
+        MockBehavior {
+            start_failure: Some("exec: \"nope\": executable file not found in $PATH".into()),
+            ..Default::default()
+        },
+    );
+    let (r, mut rx) = runner(&engine).await;
+    r.run(spec("broken", "t1"));
+    let states = until(&mut rx, "t1", TaskState::is_terminal).await;
+    let TaskState::Failed { reason } = states.last().unwrap() else {
+        panic!("{states:?}")
+    };
+    assert!(reason.contains("starting the container failed") && reason.contains("nope"));
+
+    r.run(spec("absent", "t2"));
+    let states = until(&mut rx, "t2", TaskState::is_terminal).await;
+    let TaskState::Failed { reason } = &states[0] else {
+        panic!("{states:?}")
+    };
+    assert!(reason.contains("image absent not found locally"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn oom_kill_is_a_failure_that_says_so() {
+    let engine = MockEngine::new();
+    engine.behave(
+        "hog",
+        MockBehavior {
+            exit_after: Some((Duration::from_secs(1), 137)),
+            oom: true,
+            ..Default::default()
+        },
+    );
+    let (r, mut rx) = runner(&engine).await;
+    r.run(spec("hog", "t1"));
+    let states = until(&mut rx, "t1", TaskState::is_terminal).await;
+    let TaskState::Failed { reason } = states.last().unwrap() else {
+        panic!("{states:?}")
+    };
+    assert!(reason.contains("out of memory"), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_waits_out_the_grace_period_then_reports_the_kill() {
+    let engine = MockEngine::new();
+    engine.behave(
+        "stubborn",
+        MockBehavior {
+            ignores_stop_signal: true,
+            ..Default::default()
+        },
+    );
+    let (r, mut rx) = runner(&engine).await;
+    let mut s = spec("stubborn", "t1");
+    s.stop_grace_period = Some(Duration::from_secs(4));
+    r.run(s);
+    until(&mut rx, "t1", |s| *s == TaskState::Running).await;
+    let t0 = tokio::time::Instant::now();
+    assert_eq!(r.stop("t1").await.unwrap(), StopOutcome::Killed);
+    assert!(t0.elapsed() >= Duration::from_secs(4));
+    let states = until(&mut rx, "t1", TaskState::is_terminal).await;
+    assert_eq!(states, vec![TaskState::Exited { code: 137 }]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn adopts_existing_containers_instead_of_recreating() {
+    let engine = MockEngine::new();
+    engine.behave(
+        "job",
+        MockBehavior {
+            exit_after: Some((Duration::from_secs(30), 0)),
+            ..Default::default()
+        },
+    );
+    {
+        let (r, mut rx) = runner(&engine).await;
+        r.run(spec("job", "t1"));
+        r.run(spec("job", "t2"));
+        until(&mut rx, "t1", |s| *s == TaskState::Running).await;
+        until(&mut rx, "t2", |s| *s == TaskState::Running).await;
+        // The agent "restarts": this runner goes away, the containers stay.
+    }
+    // Another node's container must not be adopted.
+    let mut foreign = spec("job", "t9");
+    foreign.identity.node_id = "node-2".into();
+    engine.create(&foreign).await.unwrap();
+    assert_eq!(engine.container_count(), 3);
+
+    let (r, mut rx) = runner(&engine).await;
+    let mut adopted = r.adopt().await.unwrap();
+    adopted.sort();
+    assert_eq!(adopted, vec!["t1".to_string(), "t2".to_string()]);
+    assert_eq!(
+        until(&mut rx, "t1", |_| true).await,
+        vec![TaskState::Running]
+    );
+    // Re-assigning an adopted task does not create a second container.
+    r.run(spec("job", "t1"));
+    assert_eq!(engine.container_count(), 3);
+    // The adopted container is still watched: its exit is reported.
+    assert_eq!(
+        until(&mut rx, "t1", TaskState::is_terminal).await,
+        vec![TaskState::Exited { code: 0 }]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn adoption_starts_a_container_that_was_created_but_never_started() {
+    let engine = MockEngine::new();
+    engine.create(&spec("idle", "t1")).await.unwrap();
+    let (r, mut rx) = runner(&engine).await;
+    r.adopt().await.unwrap();
+    assert_eq!(
+        until(&mut rx, "t1", |s| *s == TaskState::Running).await,
+        vec![TaskState::Starting, TaskState::Running]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn removal_outside_shoal_is_reported_but_our_own_is_not() {
+    let engine = MockEngine::new();
+    let (r, mut rx) = runner(&engine).await;
+    r.run(spec("x", "t1"));
+    r.run(spec("x", "t2"));
+    until(&mut rx, "t1", |s| *s == TaskState::Running).await;
+    until(&mut rx, "t2", |s| *s == TaskState::Running).await;
+
+    let id = r.container_id("t1").unwrap();
+    engine
+        .remove(
+            &id,
+            RemoveOptions {
+                force: true,
+                volumes: false,
+            },
+        )
+        .await
+        .unwrap();
+    let states = until(&mut rx, "t1", TaskState::is_terminal).await;
+    assert_eq!(
+        states,
+        vec![TaskState::Failed {
+            reason: "the container was removed outside Shoal".into()
+        }]
+    );
+
+    r.remove("t2", false).await.unwrap();
+    assert_eq!(r.tasks(), vec!["t1".to_string()]);
+    assert_eq!(engine.container_count(), 0);
+    // Nothing about t2 follows its removal.
+    r.run(spec("x", "t3"));
+    let next = until(&mut rx, "t3", |_| true).await;
+    assert_eq!(next, vec![TaskState::Created]);
+}
+
+#[test]
+fn messages_are_human_readable() {
+    assert_eq!(describe(&TaskState::Exited { code: 3 }), "exited with code 3");
+    assert_eq!(
+        describe(&TaskState::Exited { code: 137 }),
+        "exited with code 137 (killed by signal 9)"
+    );
+}
