@@ -32,11 +32,7 @@ pub fn default_container_name(id: &TaskIdentity) -> String {
 /// User labels plus the identity labels; identity labels win so a user label cannot hide a
 /// container from its agent.
 pub fn container_labels(spec: &ContainerSpec) -> HashMap<String, String> {
-    let mut labels: HashMap<String, String> = spec
-        .labels
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let mut labels: HashMap<String, String> = spec.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     labels.extend(identity_labels(&spec.identity));
     labels
 }
@@ -55,10 +51,7 @@ pub fn identity_labels(id: &TaskIdentity) -> [(String, String); 7] {
 
 /// Labels on anonymous volumes, so `down -v` and node cleanup can find them.
 pub fn anonymous_volume_labels(id: &TaskIdentity) -> HashMap<String, String> {
-    HashMap::from([
-        (PROJECT.to_string(), id.project.clone()),
-        (NODE.to_string(), id.node_id.clone()),
-    ])
+    HashMap::from([(PROJECT.to_string(), id.project.clone()), (NODE.to_string(), id.node_id.clone())])
 }
 
 pub fn network_labels(spec: &NetworkSpec) -> HashMap<String, String> {
@@ -76,8 +69,7 @@ fn owned_object_labels(
     key: &str,
     node: &str,
 ) -> HashMap<String, String> {
-    let mut labels: HashMap<String, String> =
-        user.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut labels: HashMap<String, String> = user.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     labels.insert(PROJECT.into(), project.into());
     labels.insert(key_label.into(), key.into());
     labels.insert(NODE.into(), node.into());

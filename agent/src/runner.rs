@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
 use crate::engine::{
-    ContainerState, ContainerStatus, Engine, EngineError, EngineResult, EventFilter, HealthStatus,
-    RemoveOptions, StopOutcome,
+    ContainerState, ContainerStatus, Engine, EngineError, EngineResult, EventFilter, HealthStatus, RemoveOptions,
+    StopOutcome,
 };
 use crate::labels;
 use crate::spec::ContainerSpec;
@@ -70,9 +70,7 @@ pub struct TaskRunner<E: Engine> {
 
 impl<E: Engine> Clone for TaskRunner<E> {
     fn clone(&self) -> Self {
-        TaskRunner {
-            shared: self.shared.clone(),
-        }
+        TaskRunner { shared: self.shared.clone() }
     }
 }
 
@@ -139,10 +137,7 @@ impl<E: Engine> TaskRunner<E> {
                 } else {
                     tasks.insert(
                         task_id.clone(),
-                        TaskEntry {
-                            container_id: Some(c.id.clone()),
-                            stop_grace: DEFAULT_STOP_GRACE,
-                        },
+                        TaskEntry { container_id: Some(c.id.clone()), stop_grace: DEFAULT_STOP_GRACE },
                     );
                     true
                 }
@@ -169,10 +164,7 @@ impl<E: Engine> TaskRunner<E> {
             }
             tasks.insert(
                 task_id,
-                TaskEntry {
-                    container_id: None,
-                    stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE),
-                },
+                TaskEntry { container_id: None, stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE) },
             );
         }
         let shared = self.shared.clone();
@@ -195,16 +187,7 @@ impl<E: Engine> TaskRunner<E> {
                     w.retired.store(true, Ordering::SeqCst);
                     w.nudge.notify_one();
                 }
-                self.shared
-                    .engine
-                    .remove(
-                        &c,
-                        RemoveOptions {
-                            force: true,
-                            volumes,
-                        },
-                    )
-                    .await?;
+                self.shared.engine.remove(&c, RemoveOptions { force: true, volumes }).await?;
             }
             Err(RunnerError::NoContainer(_)) => {}
             Err(e) => return Err(e),
@@ -221,10 +204,7 @@ impl<E: Engine> TaskRunner<E> {
     }
 
     pub fn container_id(&self, task_id: &str) -> Option<String> {
-        self.shared
-            .lock_tasks()
-            .get(task_id)
-            .and_then(|t| t.container_id.clone())
+        self.shared.lock_tasks().get(task_id).and_then(|t| t.container_id.clone())
     }
 }
 
@@ -247,46 +227,43 @@ impl<E: Engine> Shared<E> {
 
     fn container_of(&self, task_id: &str) -> Result<(String, Duration), RunnerError> {
         let tasks = self.lock_tasks();
-        let entry = tasks
-            .get(task_id)
-            .ok_or_else(|| RunnerError::UnknownTask(task_id.to_string()))?;
-        let container = entry
-            .container_id
-            .clone()
-            .ok_or_else(|| RunnerError::NoContainer(task_id.to_string()))?;
+        let entry = tasks.get(task_id).ok_or_else(|| RunnerError::UnknownTask(task_id.to_string()))?;
+        let container = entry.container_id.clone().ok_or_else(|| RunnerError::NoContainer(task_id.to_string()))?;
         Ok((container, entry.stop_grace))
     }
 
     async fn report(&self, task_id: &str, container_id: Option<&str>, state: TaskState) {
         let message = describe(&state);
-        let status = TaskStatus {
-            task_id: task_id.to_string(),
-            container_id: container_id.map(str::to_string),
-            state,
-            message,
-        };
+        let status =
+            TaskStatus { task_id: task_id.to_string(), container_id: container_id.map(str::to_string), state, message };
         // A closed channel means the agent is shutting down; nothing to tell.
         let _ = self.status_tx.send(status).await;
     }
 
     fn register(&self, container_id: &str) -> Arc<Watcher> {
-        let w = Arc::new(Watcher {
-            nudge: Notify::new(),
-            retired: AtomicBool::new(false),
-        });
-        self.lock_watchers()
-            .insert(container_id.to_string(), w.clone());
+        let w = Arc::new(Watcher { nudge: Notify::new(), retired: AtomicBool::new(false) });
+        self.lock_watchers().insert(container_id.to_string(), w.clone());
         w
     }
 
     async fn run_one(self: Arc<Self>, spec: ContainerSpec) {
         let task_id = spec.identity.task_id.clone();
+        // A container for this task may already exist (assigned again before `adopt` ran, or
+        // after a crash between create and the report): take it over rather than fail on the
+        // name conflict.
+        let existing = self.engine.list(&[(labels::NODE, &self.node_id), (labels::TASK, &task_id)]).await;
+        if let Ok(Some(found)) = existing.map(|v| v.into_iter().next()) {
+            if let Some(t) = self.lock_tasks().get_mut(&task_id) {
+                t.container_id = Some(found.id.clone());
+            }
+            self.adopt_one(task_id, found).await;
+            return;
+        }
         let id = match self.engine.create(&spec).await {
             Ok(id) => id,
             Err(e) => {
                 let reason = format!("creating the container failed: {e}");
-                self.report(&task_id, None, TaskState::Failed { reason })
-                    .await;
+                self.report(&task_id, None, TaskState::Failed { reason }).await;
                 return;
             }
         };
@@ -299,25 +276,21 @@ impl<E: Engine> Shared<E> {
         self.report(&task_id, Some(&id), TaskState::Starting).await;
         if let Err(e) = self.engine.start(&id).await {
             let reason = format!("starting the container failed: {e}");
-            self.report(&task_id, Some(&id), TaskState::Failed { reason })
-                .await;
+            self.report(&task_id, Some(&id), TaskState::Failed { reason }).await;
             self.lock_watchers().remove(&id);
             return;
         }
-        self.watch(&task_id, &id, watcher, Some(TaskState::Starting))
-            .await;
+        self.watch(&task_id, &id, watcher, Some(TaskState::Starting)).await;
     }
 
     async fn adopt_one(self: Arc<Self>, task_id: String, state: ContainerState) {
         let watcher = self.register(&state.id);
         if state.status == ContainerStatus::Created {
             // Created but never started: the agent died between create and start.
-            self.report(&task_id, Some(&state.id), TaskState::Starting)
-                .await;
+            self.report(&task_id, Some(&state.id), TaskState::Starting).await;
             if let Err(e) = self.engine.start(&state.id).await {
                 let reason = format!("starting the adopted container failed: {e}");
-                self.report(&task_id, Some(&state.id), TaskState::Failed { reason })
-                    .await;
+                self.report(&task_id, Some(&state.id), TaskState::Failed { reason }).await;
                 self.lock_watchers().remove(&state.id);
                 return;
             }
@@ -327,13 +300,7 @@ impl<E: Engine> Shared<E> {
 
     /// Inspect → derive → report-if-changed, once now and again on every nudge, until the
     /// container is removed.
-    async fn watch(
-        &self,
-        task_id: &str,
-        container_id: &str,
-        watcher: Arc<Watcher>,
-        mut last: Option<TaskState>,
-    ) {
+    async fn watch(&self, task_id: &str, container_id: &str, watcher: Arc<Watcher>, mut last: Option<TaskState>) {
         loop {
             if watcher.retired.load(Ordering::SeqCst) {
                 return;
@@ -375,18 +342,14 @@ impl<E: Engine> Shared<E> {
 fn derive(c: &ContainerState) -> Option<TaskState> {
     Some(match c.status {
         ContainerStatus::Created => match &c.error {
-            Some(e) => TaskState::Failed {
-                reason: format!("the container could not start: {e}"),
-            },
+            Some(e) => TaskState::Failed { reason: format!("the container could not start: {e}") },
             None => TaskState::Created,
         },
-        ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting => {
-            match c.health {
-                Some(HealthStatus::Healthy) => TaskState::Healthy,
-                Some(HealthStatus::Unhealthy) => TaskState::Unhealthy,
-                Some(HealthStatus::Starting) | None => TaskState::Running,
-            }
-        }
+        ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting => match c.health {
+            Some(HealthStatus::Healthy) => TaskState::Healthy,
+            Some(HealthStatus::Unhealthy) => TaskState::Unhealthy,
+            Some(HealthStatus::Starting) | None => TaskState::Running,
+        },
         ContainerStatus::Exited | ContainerStatus::Dead => {
             let code = c.exit_code.unwrap_or_default();
             if c.oom_killed {
@@ -396,9 +359,7 @@ fn derive(c: &ContainerState) -> Option<TaskState> {
                     ),
                 }
             } else if let Some(e) = &c.error {
-                TaskState::Failed {
-                    reason: format!("the container failed: {e} (exit code {code})"),
-                }
+                TaskState::Failed { reason: format!("the container failed: {e} (exit code {code})") }
             } else {
                 TaskState::Exited { code }
             }

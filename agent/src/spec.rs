@@ -85,11 +85,7 @@ pub struct ContainerSpec {
 impl ContainerSpec {
     /// A spec with only an identity and an image; everything else takes the engine's default.
     pub fn new(identity: TaskIdentity, image: impl Into<String>) -> Self {
-        ContainerSpec {
-            identity,
-            image: image.into(),
-            ..ContainerSpec::default()
-        }
+        ContainerSpec { identity, image: image.into(), ..ContainerSpec::default() }
     }
 }
 
@@ -121,10 +117,7 @@ pub struct PortRange {
 
 impl PortRange {
     pub fn single(port: u16) -> Self {
-        PortRange {
-            start: port,
-            end: port,
-        }
+        PortRange { start: port, end: port }
     }
 }
 

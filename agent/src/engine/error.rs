@@ -40,19 +40,11 @@ pub enum EngineError {
 
     /// Any other refusal by the engine; `context` says what we were doing.
     #[error("{context}: {message}")]
-    Api {
-        context: String,
-        status: Option<u16>,
-        message: String,
-    },
+    Api { context: String, status: Option<u16>, message: String },
 }
 
 impl EngineError {
     pub fn api(context: impl Into<String>, message: impl Into<String>) -> Self {
-        EngineError::Api {
-            context: context.into(),
-            status: None,
-            message: message.into(),
-        }
+        EngineError::Api { context: context.into(), status: None, message: message.into() }
     }
 }

@@ -15,9 +15,9 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::{broadcast, watch};
 
 use crate::engine::{
-    ContainerState, ContainerStatus, Engine, EngineError, EngineEvent, EngineResult, EventFilter,
-    EventKind, HealthStatus, ImageReady, ImageSource, LogChunk, LogOptions, LogStream,
-    ProgressSink, RemoveOptions, StopOutcome, WaitCondition, WaitOutcome,
+    ContainerState, ContainerStatus, Engine, EngineError, EngineEvent, EngineResult, EventFilter, EventKind,
+    HealthStatus, ImageReady, ImageSource, LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome,
+    WaitCondition, WaitOutcome,
 };
 use crate::labels;
 use crate::spec::{ContainerSpec, ImageSpec, NetworkSpec, PullPolicy, VolumeSpec};
@@ -83,12 +83,7 @@ impl Default for MockEngine {
 impl MockEngine {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(4096);
-        MockEngine {
-            inner: Arc::new(Inner {
-                state: Mutex::new(State::default()),
-                events,
-            }),
-        }
+        MockEngine { inner: Arc::new(Inner { state: Mutex::new(State::default()), events }) }
     }
 
     /// Containers created from `image` behave like this (default: start at once, run forever).
@@ -123,10 +118,7 @@ impl MockEngine {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind; keep going with it.
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn watch(&self, id: &str) -> EngineResult<watch::Receiver<ContainerState>> {
@@ -143,10 +135,7 @@ impl MockEngine {
         if st.containers.contains_key(id) {
             return Ok(id.to_string());
         }
-        st.names
-            .get(id)
-            .cloned()
-            .ok_or_else(|| EngineError::ContainerNotFound(id.to_string()))
+        st.names.get(id).cloned().ok_or_else(|| EngineError::ContainerNotFound(id.to_string()))
     }
 
     /// Applies `f` to the container if its run is still `generation`, then emits `event`.
@@ -170,12 +159,8 @@ impl MockEngine {
         let labels = c.state.borrow().labels.clone();
         if let Some(kind) = event {
             // No receivers is fine: nobody is watching.
-            let _ = self.inner.events.send(EngineEvent {
-                container_id: id.to_string(),
-                kind,
-                labels,
-                time_nanos: clock,
-            });
+            let _ =
+                self.inner.events.send(EngineEvent { container_id: id.to_string(), kind, labels, time_nanos: clock });
         }
         true
     }
@@ -184,18 +169,11 @@ impl MockEngine {
         if oom {
             self.transition(id, generation, Some(EventKind::Oom), |_| {});
         }
-        self.transition(
-            id,
-            generation,
-            Some(EventKind::Die {
-                exit_code: Some(code),
-            }),
-            |s| {
-                s.status = ContainerStatus::Exited;
-                s.exit_code = Some(code);
-                s.oom_killed = oom;
-            },
-        )
+        self.transition(id, generation, Some(EventKind::Die { exit_code: Some(code) }), |s| {
+            s.status = ContainerStatus::Exited;
+            s.exit_code = Some(code);
+            s.oom_killed = oom;
+        })
     }
 
     /// Plays the behaviour's timed health steps and exit for one run of the container.
@@ -222,9 +200,7 @@ impl MockEngine {
                 tokio::time::sleep_until(started + at).await;
                 let alive = match step {
                     Some(h) => {
-                        engine.transition(&id, Some(generation), Some(EventKind::Health(h)), |s| {
-                            s.health = Some(h)
-                        })
+                        engine.transition(&id, Some(generation), Some(EventKind::Health(h)), |s| s.health = Some(h))
                     }
                     None => engine.exit(&id, Some(generation), exit.unwrap_or(0), oom),
                 };
@@ -237,8 +213,7 @@ impl MockEngine {
 }
 
 fn matches_labels(labels: &BTreeMap<String, String>, want: &[(&str, &str)]) -> bool {
-    want.iter()
-        .all(|(k, v)| labels.get(*k).is_some_and(|l| l == v))
+    want.iter().all(|(k, v)| labels.get(*k).is_some_and(|l| l == v))
 }
 
 impl Engine for MockEngine {
@@ -248,9 +223,7 @@ impl Engine for MockEngine {
             return Ok(id.clone());
         }
         if spec.external {
-            return Err(EngineError::ExternalNetworkMissing {
-                name: spec.name.clone(),
-            });
+            return Err(EngineError::ExternalNetworkMissing { name: spec.name.clone() });
         }
         st.next_id += 1;
         let id = format!("net{}", st.next_id);
@@ -267,9 +240,7 @@ impl Engine for MockEngine {
         let mut st = self.lock();
         if !st.volumes.contains(&spec.name) {
             if spec.external {
-                return Err(EngineError::ExternalVolumeMissing {
-                    name: spec.name.clone(),
-                });
+                return Err(EngineError::ExternalVolumeMissing { name: spec.name.clone() });
             }
             st.volumes.insert(spec.name.clone());
         }
@@ -281,23 +252,15 @@ impl Engine for MockEngine {
         Ok(())
     }
 
-    async fn ensure_image(
-        &self,
-        spec: &ImageSpec,
-        progress: Option<ProgressSink>,
-    ) -> EngineResult<ImageReady> {
+    async fn ensure_image(&self, spec: &ImageSpec, progress: Option<ProgressSink>) -> EngineResult<ImageReady> {
         let reference = spec.reference();
         let mut st = self.lock();
         let present = st.images.as_ref().is_none_or(|i| i.contains(&reference));
         let how = match (spec.pull_policy, spec.build.is_some(), present) {
-            (PullPolicy::Build, false, _) => {
-                return Err(EngineError::NothingToBuild { image: reference })
-            }
+            (PullPolicy::Build, false, _) => return Err(EngineError::NothingToBuild { image: reference }),
             (PullPolicy::Build, true, _) | (PullPolicy::Missing, true, false) => ImageSource::Built,
             (PullPolicy::Missing | PullPolicy::Never, _, true) => ImageSource::Present,
-            (PullPolicy::Never, _, false) => {
-                return Err(EngineError::ImageMissingNoPull { image: reference })
-            }
+            (PullPolicy::Never, _, false) => return Err(EngineError::ImageMissingNoPull { image: reference }),
             (PullPolicy::Always, _, _) | (PullPolicy::Missing, false, false) => {
                 if !st.pullable.contains(&reference) {
                     return Err(EngineError::ImageUnavailable {
@@ -355,14 +318,7 @@ impl Engine for MockEngine {
             error: None,
         };
         let (tx, _) = watch::channel(state);
-        st.containers.insert(
-            id.clone(),
-            MockContainer {
-                state: tx,
-                behavior,
-                generation: 0,
-            },
-        );
+        st.containers.insert(id.clone(), MockContainer { state: tx, behavior, generation: 0 });
         st.names.insert(name, id.clone());
         Ok(id)
     }
@@ -382,10 +338,7 @@ impl Engine for MockEngine {
         }
         let generation = {
             let mut st = self.lock();
-            let c = st
-                .containers
-                .get_mut(&id)
-                .ok_or_else(|| EngineError::ContainerNotFound(id.clone()))?;
+            let c = st.containers.get_mut(&id).ok_or_else(|| EngineError::ContainerNotFound(id.clone()))?;
             if c.state.borrow().is_running() {
                 return Ok(());
             }
@@ -410,10 +363,7 @@ impl Engine for MockEngine {
             !s.is_running() && s.status != ContainerStatus::Created
                 || until == WaitCondition::Health
                     && s.is_running()
-                    && matches!(
-                        s.health,
-                        Some(HealthStatus::Healthy | HealthStatus::Unhealthy) | None
-                    )
+                    && matches!(s.health, Some(HealthStatus::Healthy | HealthStatus::Unhealthy) | None)
         };
         let state = rx
             .wait_for(settled)
@@ -425,10 +375,7 @@ impl Engine for MockEngine {
             (ContainerStatus::Running, Some(HealthStatus::Healthy)) => WaitOutcome::Healthy,
             (ContainerStatus::Running, Some(HealthStatus::Unhealthy)) => WaitOutcome::Unhealthy,
             (ContainerStatus::Running, _) => return Err(EngineError::NoHealthcheck(id.into())),
-            _ => WaitOutcome::Exited {
-                code: state.exit_code.unwrap_or_default(),
-                oom_killed: state.oom_killed,
-            },
+            _ => WaitOutcome::Exited { code: state.exit_code.unwrap_or_default(), oom_killed: state.oom_killed },
         })
     }
 
@@ -492,51 +439,36 @@ impl Engine for MockEngine {
             }
         };
         match lines {
-            Ok(lines) => stream::iter(lines.into_iter().map(|l| {
-                Ok(LogChunk {
-                    stream: LogStream::Stdout,
-                    data: Bytes::from(format!("{l}\n")),
-                })
-            }))
+            Ok(lines) => stream::iter(
+                lines
+                    .into_iter()
+                    .map(|l| Ok(LogChunk { stream: LogStream::Stdout, data: Bytes::from(format!("{l}\n")) })),
+            )
             .boxed(),
             Err(e) => stream::once(async move { Err(e) }).boxed(),
         }
     }
 
-    async fn events(
-        &self,
-        filter: EventFilter,
-    ) -> EngineResult<BoxStream<'static, EngineResult<EngineEvent>>> {
+    async fn events(&self, filter: EventFilter) -> EngineResult<BoxStream<'static, EngineResult<EngineEvent>>> {
         // Subscribing is synchronous here, so nothing can slip between call and subscription;
         // `since` needs no replay.
         let rx = self.inner.events.subscribe();
         let stream = stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => return Some((Ok(ev), rx)),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let err = EngineError::api(
-                            "reading mock events",
-                            format!("subscriber lagged; {n} events were dropped"),
-                        );
-                        return Some((Err(err), rx));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
+            let item = match rx.recv().await {
+                Ok(ev) => Ok(ev),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    Err(EngineError::api("reading mock events", format!("subscriber lagged; {n} events were dropped")))
                 }
-            }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((item, rx))
         })
         .filter(move |item| {
             let keep = match item {
                 Err(_) => true,
                 Ok(ev) => {
-                    filter
-                        .container
-                        .as_ref()
-                        .is_none_or(|c| *c == ev.container_id)
-                        && filter
-                            .labels
-                            .iter()
-                            .all(|(k, v)| ev.labels.get(k) == Some(v))
+                    filter.container.as_ref().is_none_or(|c| *c == ev.container_id)
+                        && filter.labels.iter().all(|(k, v)| ev.labels.get(k) == Some(v))
                 }
             };
             std::future::ready(keep)
@@ -600,43 +532,22 @@ mod tests {
         engine.start(&id).await.unwrap();
         assert_eq!(engine.inspect(&id).await.unwrap().health, Some(HealthStatus::Starting));
         let t0 = tokio::time::Instant::now();
-        assert_eq!(
-            engine.wait(&id, WaitCondition::Health).await.unwrap(),
-            WaitOutcome::Healthy
-        );
+        assert_eq!(engine.wait(&id, WaitCondition::Health).await.unwrap(), WaitOutcome::Healthy);
         assert_eq!(t0.elapsed(), Duration::from_secs(1));
         tokio::time::sleep(Duration::from_secs(6)).await;
-        assert_eq!(
-            engine.wait(&id, WaitCondition::Health).await.unwrap(),
-            WaitOutcome::Unhealthy
-        );
+        assert_eq!(engine.wait(&id, WaitCondition::Health).await.unwrap(), WaitOutcome::Unhealthy);
     }
 
     #[tokio::test(start_paused = true)]
     async fn timed_exit_and_stop_that_waits_out_the_grace_period() {
         let engine = MockEngine::new();
-        engine.behave(
-            "job",
-            MockBehavior {
-                exit_after: Some((Duration::from_secs(2), 3)),
-                ..Default::default()
-            },
-        );
-        engine.behave(
-            "stubborn",
-            MockBehavior {
-                ignores_stop_signal: true,
-                ..Default::default()
-            },
-        );
+        engine.behave("job", MockBehavior { exit_after: Some((Duration::from_secs(2), 3)), ..Default::default() });
+        engine.behave("stubborn", MockBehavior { ignores_stop_signal: true, ..Default::default() });
         let job = engine.create(&spec("job", 1)).await.unwrap();
         engine.start(&job).await.unwrap();
         assert_eq!(
             engine.wait(&job, WaitCondition::Exit).await.unwrap(),
-            WaitOutcome::Exited {
-                code: 3,
-                oom_killed: false
-            }
+            WaitOutcome::Exited { code: 3, oom_killed: false }
         );
 
         let s = engine.create(&spec("stubborn", 2)).await.unwrap();
@@ -657,14 +568,9 @@ mod tests {
         engine.create(&spec("present", 1)).await.unwrap();
         let err = engine.create(&spec("present", 1)).await.unwrap_err();
         assert!(err.to_string().contains("already in use"), "{err}");
-        let img = ImageSpec {
-            image: Some("absent".into()),
-            ..Default::default()
-        };
+        let img = ImageSpec { image: Some("absent".into()), ..Default::default() };
         let err = engine.ensure_image(&img, None).await.unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("image absent not found locally and could not be pulled"));
+        assert!(err.to_string().starts_with("image absent not found locally and could not be pulled"));
     }
 
     #[tokio::test]

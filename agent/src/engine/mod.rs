@@ -51,22 +51,13 @@ pub trait Engine: Send + Sync + 'static {
 
     fn start(&self, id: &str) -> impl Future<Output = EngineResult<()>> + Send;
 
-    fn wait(
-        &self,
-        id: &str,
-        until: WaitCondition,
-    ) -> impl Future<Output = EngineResult<WaitOutcome>> + Send;
+    fn wait(&self, id: &str, until: WaitCondition) -> impl Future<Output = EngineResult<WaitOutcome>> + Send;
 
     /// Sends the container's stop signal, waits up to `grace`, then kills it.
-    fn stop(
-        &self,
-        id: &str,
-        grace: Duration,
-    ) -> impl Future<Output = EngineResult<StopOutcome>> + Send;
+    fn stop(&self, id: &str, grace: Duration) -> impl Future<Output = EngineResult<StopOutcome>> + Send;
 
     /// Removes the container; a missing one is not an error.
-    fn remove(&self, id: &str, opts: RemoveOptions)
-        -> impl Future<Output = EngineResult<()>> + Send;
+    fn remove(&self, id: &str, opts: RemoveOptions) -> impl Future<Output = EngineResult<()>> + Send;
 
     fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, EngineResult<LogChunk>>;
 
@@ -80,8 +71,5 @@ pub trait Engine: Send + Sync + 'static {
     fn inspect(&self, id: &str) -> impl Future<Output = EngineResult<ContainerState>> + Send;
 
     /// All containers (running or not) carrying every given label.
-    fn list(
-        &self,
-        labels: &[(&str, &str)],
-    ) -> impl Future<Output = EngineResult<Vec<ContainerState>>> + Send;
+    fn list(&self, labels: &[(&str, &str)]) -> impl Future<Output = EngineResult<Vec<ContainerState>>> + Send;
 }

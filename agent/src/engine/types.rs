@@ -57,10 +57,7 @@ pub struct ContainerState {
 
 impl ContainerState {
     pub fn is_running(&self) -> bool {
-        matches!(
-            self.status,
-            ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting
-        )
+        matches!(self.status, ContainerStatus::Running | ContainerStatus::Paused | ContainerStatus::Restarting)
     }
 }
 

@@ -25,19 +25,13 @@ fn spec(image: &str, task: &str) -> ContainerSpec {
 
 async fn runner(engine: &MockEngine) -> (TaskRunner<MockEngine>, mpsc::Receiver<TaskStatus>) {
     let (tx, rx) = mpsc::channel(64);
-    let r = TaskRunner::start(Arc::new(engine.clone()), "node-1", tx)
-        .await
-        .unwrap();
+    let r = TaskRunner::start(Arc::new(engine.clone()), "node-1", tx).await.unwrap();
     (r, rx)
 }
 
 /// Receives statuses of `task` until one satisfies `done`; returns all of them in order. With the
 /// clock paused, a hang shows up as tokio's "time is frozen and no task is runnable" timeout.
-async fn until(
-    rx: &mut mpsc::Receiver<TaskStatus>,
-    task: &str,
-    done: impl Fn(&TaskState) -> bool,
-) -> Vec<TaskState> {
+async fn until(rx: &mut mpsc::Receiver<TaskStatus>, task: &str, done: impl Fn(&TaskState) -> bool) -> Vec<TaskState> {
     let mut seen = Vec::new();
     loop {
         let s = tokio::time::timeout(Duration::from_secs(3600), rx.recv())
@@ -99,16 +93,12 @@ async fn start_failure_and_missing_image_fail_with_reasons() {
     let (r, mut rx) = runner(&engine).await;
     r.run(spec("broken", "t1"));
     let states = until(&mut rx, "t1", TaskState::is_terminal).await;
-    let TaskState::Failed { reason } = states.last().unwrap() else {
-        panic!("{states:?}")
-    };
+    let TaskState::Failed { reason } = states.last().unwrap() else { panic!("{states:?}") };
     assert!(reason.contains("starting the container failed") && reason.contains("nope"));
 
     r.run(spec("absent", "t2"));
     let states = until(&mut rx, "t2", TaskState::is_terminal).await;
-    let TaskState::Failed { reason } = &states[0] else {
-        panic!("{states:?}")
-    };
+    let TaskState::Failed { reason } = &states[0] else { panic!("{states:?}") };
     assert!(reason.contains("image absent not found locally"), "{reason}");
 }
 
@@ -117,31 +107,19 @@ async fn oom_kill_is_a_failure_that_says_so() {
     let engine = MockEngine::new();
     engine.behave(
         "hog",
-        MockBehavior {
-            exit_after: Some((Duration::from_secs(1), 137)),
-            oom: true,
-            ..Default::default()
-        },
+        MockBehavior { exit_after: Some((Duration::from_secs(1), 137)), oom: true, ..Default::default() },
     );
     let (r, mut rx) = runner(&engine).await;
     r.run(spec("hog", "t1"));
     let states = until(&mut rx, "t1", TaskState::is_terminal).await;
-    let TaskState::Failed { reason } = states.last().unwrap() else {
-        panic!("{states:?}")
-    };
+    let TaskState::Failed { reason } = states.last().unwrap() else { panic!("{states:?}") };
     assert!(reason.contains("out of memory"), "{reason}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn stop_waits_out_the_grace_period_then_reports_the_kill() {
     let engine = MockEngine::new();
-    engine.behave(
-        "stubborn",
-        MockBehavior {
-            ignores_stop_signal: true,
-            ..Default::default()
-        },
-    );
+    engine.behave("stubborn", MockBehavior { ignores_stop_signal: true, ..Default::default() });
     let (r, mut rx) = runner(&engine).await;
     let mut s = spec("stubborn", "t1");
     s.stop_grace_period = Some(Duration::from_secs(4));
@@ -157,13 +135,7 @@ async fn stop_waits_out_the_grace_period_then_reports_the_kill() {
 #[tokio::test(start_paused = true)]
 async fn adopts_existing_containers_instead_of_recreating() {
     let engine = MockEngine::new();
-    engine.behave(
-        "job",
-        MockBehavior {
-            exit_after: Some((Duration::from_secs(30), 0)),
-            ..Default::default()
-        },
-    );
+    engine.behave("job", MockBehavior { exit_after: Some((Duration::from_secs(30), 0)), ..Default::default() });
     {
         let (r, mut rx) = runner(&engine).await;
         r.run(spec("job", "t1"));
@@ -182,18 +154,12 @@ async fn adopts_existing_containers_instead_of_recreating() {
     let mut adopted = r.adopt().await.unwrap();
     adopted.sort();
     assert_eq!(adopted, vec!["t1".to_string(), "t2".to_string()]);
-    assert_eq!(
-        until(&mut rx, "t1", |_| true).await,
-        vec![TaskState::Running]
-    );
+    assert_eq!(until(&mut rx, "t1", |_| true).await, vec![TaskState::Running]);
     // Re-assigning an adopted task does not create a second container.
     r.run(spec("job", "t1"));
     assert_eq!(engine.container_count(), 3);
     // The adopted container is still watched: its exit is reported.
-    assert_eq!(
-        until(&mut rx, "t1", TaskState::is_terminal).await,
-        vec![TaskState::Exited { code: 0 }]
-    );
+    assert_eq!(until(&mut rx, "t1", TaskState::is_terminal).await, vec![TaskState::Exited { code: 0 }]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -202,10 +168,7 @@ async fn adoption_starts_a_container_that_was_created_but_never_started() {
     engine.create(&spec("idle", "t1")).await.unwrap();
     let (r, mut rx) = runner(&engine).await;
     r.adopt().await.unwrap();
-    assert_eq!(
-        until(&mut rx, "t1", |s| *s == TaskState::Running).await,
-        vec![TaskState::Starting, TaskState::Running]
-    );
+    assert_eq!(until(&mut rx, "t1", |s| *s == TaskState::Running).await, vec![TaskState::Starting, TaskState::Running]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -218,23 +181,9 @@ async fn removal_outside_shoal_is_reported_but_our_own_is_not() {
     until(&mut rx, "t2", |s| *s == TaskState::Running).await;
 
     let id = r.container_id("t1").unwrap();
-    engine
-        .remove(
-            &id,
-            RemoveOptions {
-                force: true,
-                volumes: false,
-            },
-        )
-        .await
-        .unwrap();
+    engine.remove(&id, RemoveOptions { force: true, volumes: false }).await.unwrap();
     let states = until(&mut rx, "t1", TaskState::is_terminal).await;
-    assert_eq!(
-        states,
-        vec![TaskState::Failed {
-            reason: "the container was removed outside Shoal".into()
-        }]
-    );
+    assert_eq!(states, vec![TaskState::Failed { reason: "the container was removed outside Shoal".into() }]);
 
     r.remove("t2", false).await.unwrap();
     assert_eq!(r.tasks(), vec!["t1".to_string()]);
@@ -245,11 +194,19 @@ async fn removal_outside_shoal_is_reported_but_our_own_is_not() {
     assert_eq!(next, vec![TaskState::Created]);
 }
 
+#[tokio::test(start_paused = true)]
+async fn run_takes_over_an_existing_container_of_the_same_task() {
+    let engine = MockEngine::new();
+    let id = engine.create(&spec("x", "t1")).await.unwrap();
+    let (r, mut rx) = runner(&engine).await;
+    r.run(spec("x", "t1"));
+    assert_eq!(until(&mut rx, "t1", |s| *s == TaskState::Running).await, vec![TaskState::Starting, TaskState::Running]);
+    assert_eq!(r.container_id("t1"), Some(id));
+    assert_eq!(engine.container_count(), 1);
+}
+
 #[test]
 fn messages_are_human_readable() {
     assert_eq!(describe(&TaskState::Exited { code: 3 }), "exited with code 3");
-    assert_eq!(
-        describe(&TaskState::Exited { code: 137 }),
-        "exited with code 137 (killed by signal 9)"
-    );
+    assert_eq!(describe(&TaskState::Exited { code: 137 }), "exited with code 137 (killed by signal 9)");
 }

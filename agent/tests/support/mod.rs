@@ -22,10 +22,7 @@ pub fn ensure_test_image() {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();
     let result = DONE.get_or_init(|| {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/test-image");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .map_err(|e| format!("running {script}: {e}"))?;
+        let out = Command::new("bash").arg(script).output().map_err(|e| format!("running {script}: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
@@ -59,19 +56,10 @@ impl TestRun {
     pub fn new(name: &str) -> Self {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let short: String = name
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(12)
-            .collect::<String>()
-            .to_lowercase();
-        TestRun {
-            id: format!("{short}{}x{n}x{:x}", std::process::id(), nanos % 0xfffff),
-        }
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let short: String =
+            name.chars().filter(|c| c.is_ascii_alphanumeric()).take(12).collect::<String>().to_lowercase();
+        TestRun { id: format!("{short}{}x{n}x{:x}", std::process::id(), nanos % 0xfffff) }
     }
 
     pub fn label(&self) -> (String, String) {
@@ -110,12 +98,7 @@ impl Drop for TestRun {
             Command::new("docker")
                 .args(args)
                 .output()
-                .map(|o| {
-                    String::from_utf8_lossy(&o.stdout)
-                        .split_whitespace()
-                        .map(str::to_string)
-                        .collect()
-                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).split_whitespace().map(str::to_string).collect())
                 .unwrap_or_default()
         };
         let remove = |cmd: &[&str], ids: Vec<String>| {
@@ -125,18 +108,9 @@ impl Drop for TestRun {
         };
         // Containers first: networks and volumes in use cannot be removed.
         remove(&["rm", "-fv"], list(&["ps", "-aq", "--filter", &filter]));
-        remove(
-            &["network", "rm"],
-            list(&["network", "ls", "-q", "--filter", &filter]),
-        );
-        remove(
-            &["volume", "rm", "-f"],
-            list(&["volume", "ls", "-q", "--filter", &filter]),
-        );
-        remove(
-            &["rmi", "-f"],
-            list(&["image", "ls", "-q", "--filter", &filter]),
-        );
+        remove(&["network", "rm"], list(&["network", "ls", "-q", "--filter", &filter]));
+        remove(&["volume", "rm", "-f"], list(&["volume", "ls", "-q", "--filter", &filter]));
+        remove(&["rmi", "-f"], list(&["image", "ls", "-q", "--filter", &filter]));
     }
 }
 

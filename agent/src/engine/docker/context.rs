@@ -21,21 +21,15 @@ pub struct BuildContext {
 }
 
 pub fn pack(context: &Path, dockerfile: Option<&str>) -> Result<BuildContext, EngineError> {
-    let err = |message: String| EngineError::BuildContext {
-        path: context.display().to_string(),
-        message,
-    };
+    let err = |message: String| EngineError::BuildContext { path: context.display().to_string(), message };
     let meta = fs::metadata(context).map_err(|e| err(e.to_string()))?;
     if !meta.is_dir() {
         return Err(err("not a directory".into()));
     }
 
     let dockerfile = dockerfile.unwrap_or("Dockerfile");
-    let df_path = if Path::new(dockerfile).is_absolute() {
-        PathBuf::from(dockerfile)
-    } else {
-        context.join(dockerfile)
-    };
+    let df_path =
+        if Path::new(dockerfile).is_absolute() { PathBuf::from(dockerfile) } else { context.join(dockerfile) };
     let (df_in_tar, outside) = match df_path.strip_prefix(context) {
         Ok(rel) => (to_slash(rel), false),
         Err(_) => (OUTSIDE_DOCKERFILE.to_string(), true),
@@ -60,10 +54,7 @@ pub fn pack(context: &Path, dockerfile: Option<&str>) -> Result<BuildContext, En
             .map_err(|e| err(format!("Dockerfile {}: {e}", df_path.display())))?;
     }
     let tar = builder.into_inner().map_err(|e| err(e.to_string()))?;
-    Ok(BuildContext {
-        tar,
-        dockerfile: df_in_tar,
-    })
+    Ok(BuildContext { tar, dockerfile: df_in_tar })
 }
 
 fn add_dir(
@@ -98,10 +89,7 @@ fn add_dir(
 }
 
 fn to_slash(p: &Path) -> String {
-    p.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
+    p.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
 #[derive(Default)]
@@ -134,10 +122,7 @@ impl IgnoreRules {
                 rules.push((negate, parts));
             }
         }
-        IgnoreRules {
-            rules,
-            has_negations,
-        }
+        IgnoreRules { rules, has_negations }
     }
 
     /// Whether `path` (slash-separated, relative to the context) is excluded. A path is also
@@ -158,9 +143,7 @@ impl IgnoreRules {
 fn match_components(pattern: &[String], path: &[&str]) -> bool {
     match pattern.split_first() {
         None => path.is_empty(),
-        Some((first, rest)) if first == "**" => {
-            (0..=path.len()).any(|skip| match_components(rest, &path[skip..]))
-        }
+        Some((first, rest)) if first == "**" => (0..=path.len()).any(|skip| match_components(rest, &path[skip..])),
         Some((first, rest)) => match path.split_first() {
             Some((p, path_rest)) => glob(first.as_bytes(), p.as_bytes()) && match_components(rest, path_rest),
             None => false,
@@ -217,10 +200,7 @@ mod tests {
         fs::write(root.join("scratch.tmp"), "x").unwrap();
         let ctx = pack(root, None).unwrap();
         assert_eq!(ctx.dockerfile, "Dockerfile");
-        assert_eq!(
-            names(&ctx.tar),
-            vec![".dockerignore", "Dockerfile", "src", "src/app.sh"]
-        );
+        assert_eq!(names(&ctx.tar), vec![".dockerignore", "Dockerfile", "src", "src/app.sh"]);
     }
 
     #[test]

@@ -5,17 +5,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use bollard::models::{
-    self, ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HealthConfig,
-    HostConfig, HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
-    MountTmpfsOptions, MountType, MountVolumeOptions, NetworkingConfig, PortBinding,
-    ResourcesUlimits, RestartPolicyNameEnum,
+    self, ContainerCreateBody, DeviceMapping, EndpointIpamConfig, EndpointSettings, HealthConfig, HostConfig,
+    HostConfigLogConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType,
+    MountVolumeOptions, NetworkingConfig, PortBinding, ResourcesUlimits, RestartPolicyNameEnum,
 };
 
 use crate::engine::{ContainerState, ContainerStatus, EngineError, HealthStatus};
 use crate::labels;
 use crate::spec::{
-    BindPropagation, ContainerSpec, HealthcheckSpec, MountKind, MountSpec, NetworkAttachment,
-    PortSpec, RestartPolicy,
+    BindPropagation, ContainerSpec, HealthcheckSpec, MountKind, MountSpec, NetworkAttachment, PortSpec, RestartPolicy,
 };
 
 /// A create request plus the networks that API 1.41 cannot join at create time (it accepts only
@@ -32,28 +30,22 @@ pub fn create_plan(spec: &ContainerSpec) -> Result<CreatePlan, EngineError> {
         return Err(EngineError::InvalidSpec("image is empty".into()));
     }
     if spec.network_mode.is_some() && !spec.networks.is_empty() {
-        return Err(EngineError::InvalidSpec(
-            "network_mode and networks cannot be combined".into(),
-        ));
+        return Err(EngineError::InvalidSpec("network_mode and networks cannot be combined".into()));
     }
 
     let (exposed_ports, port_bindings) = ports(&spec.ports);
     let (mounts, binds) = mounts(spec)?;
 
-    let mut endpoints: Vec<(String, EndpointSettings)> = spec
-        .networks
-        .iter()
-        .map(|n| (n.name.clone(), endpoint(n, &spec.identity.service)))
-        .collect();
+    let mut endpoints: Vec<(String, EndpointSettings)> =
+        spec.networks.iter().map(|n| (n.name.clone(), endpoint(n, &spec.identity.service))).collect();
     let first = (!endpoints.is_empty()).then(|| endpoints.remove(0));
     let network_mode = match (&spec.network_mode, &first) {
         (Some(mode), _) => Some(mode.to_engine_string()),
         (None, Some((name, _))) => Some(name.clone()),
         (None, None) => None,
     };
-    let networking_config = first.map(|(name, ep)| NetworkingConfig {
-        endpoints_config: Some(HashMap::from([(name, ep)])),
-    });
+    let networking_config =
+        first.map(|(name, ep)| NetworkingConfig { endpoints_config: Some(HashMap::from([(name, ep)])) });
 
     let host_config = HostConfig {
         port_bindings: non_empty_map(port_bindings),
@@ -84,19 +76,15 @@ pub fn create_plan(spec: &ContainerSpec) -> Result<CreatePlan, EngineError> {
         ulimits: non_empty(
             spec.ulimits
                 .iter()
-                .map(|(name, l)| ResourcesUlimits {
-                    name: Some(name.clone()),
-                    soft: Some(l.soft),
-                    hard: Some(l.hard),
-                })
+                .map(|(name, l)| ResourcesUlimits { name: Some(name.clone()), soft: Some(l.soft), hard: Some(l.hard) })
                 .collect(),
         ),
         sysctls: non_empty_map(to_hash(&spec.sysctls)),
         shm_size: spec.shm_size.map(|s| s as i64),
-        log_config: spec.logging.as_ref().map(|l| HostConfigLogConfig {
-            typ: l.driver.clone(),
-            config: non_empty_map(to_hash(&l.options)),
-        }),
+        log_config: spec
+            .logging
+            .as_ref()
+            .map(|l| HostConfigLogConfig { typ: l.driver.clone(), config: non_empty_map(to_hash(&l.options)) }),
         nano_cpus: spec.resources.nano_cpus,
         memory: spec.resources.memory,
         memory_reservation: spec.resources.memory_reservation,
@@ -119,9 +107,7 @@ pub fn create_plan(spec: &ContainerSpec) -> Result<CreatePlan, EngineError> {
         healthcheck: spec.healthcheck.as_ref().map(healthcheck),
         stop_signal: spec.stop_signal.clone(),
         // Lets a plain `docker stop` honour the grace period too.
-        stop_timeout: spec
-            .stop_grace_period
-            .map(|d| d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0)),
+        stop_timeout: spec.stop_grace_period.map(|d| d.as_secs() as i64 + i64::from(d.subsec_nanos() > 0)),
         tty: spec.tty.then_some(true),
         open_stdin: spec.stdin_open.then_some(true),
         host_config: Some(host_config),
@@ -154,10 +140,7 @@ fn ports(ports: &[PortSpec]) -> (Vec<String>, HashMap<String, Option<Vec<PortBin
             .entry(key)
             .or_insert_with(|| Some(Vec::new()))
             .get_or_insert_with(Vec::new)
-            .push(PortBinding {
-                host_ip: p.host_ip.clone(),
-                host_port: Some(host_port),
-            });
+            .push(PortBinding { host_ip: p.host_ip.clone(), host_port: Some(host_port) });
     }
     (exposed, bindings)
 }
@@ -169,17 +152,12 @@ fn mounts(spec: &ContainerSpec) -> Result<(Vec<Mount>, Vec<String>), EngineError
     let mut binds = Vec::new();
     for m in &spec.mounts {
         if !m.target.starts_with('/') {
-            return Err(EngineError::InvalidSpec(format!(
-                "mount target {:?} is not an absolute path",
-                m.target
-            )));
+            return Err(EngineError::InvalidSpec(format!("mount target {:?} is not an absolute path", m.target)));
         }
         match &m.kind {
-            MountKind::Bind {
-                source,
-                propagation,
-                create_host_path: true,
-            } => binds.push(legacy_bind(source, m, *propagation)),
+            MountKind::Bind { source, propagation, create_host_path: true } => {
+                binds.push(legacy_bind(source, m, *propagation))
+            }
             kind => mounts.push(mount(m, kind, spec)),
         }
     }
@@ -195,32 +173,19 @@ fn legacy_bind(source: &str, m: &MountSpec, propagation: Option<BindPropagation>
 }
 
 fn mount(m: &MountSpec, kind: &MountKind, spec: &ContainerSpec) -> Mount {
-    let base = Mount {
-        target: Some(m.target.clone()),
-        read_only: m.read_only.then_some(true),
-        ..Mount::default()
-    };
+    let base = Mount { target: Some(m.target.clone()), read_only: m.read_only.then_some(true), ..Mount::default() };
     match kind {
-        MountKind::Bind {
-            source,
-            propagation,
-            ..
-        } => Mount {
+        MountKind::Bind { source, propagation, .. } => Mount {
             typ: Some(MountType::BIND),
             source: Some(source.clone()),
-            bind_options: propagation.map(|p| MountBindOptions {
-                propagation: Some(propagation_enum(p)),
-                ..MountBindOptions::default()
-            }),
+            bind_options: propagation
+                .map(|p| MountBindOptions { propagation: Some(propagation_enum(p)), ..MountBindOptions::default() }),
             ..base
         },
         MountKind::Volume { source, nocopy } => Mount {
             typ: Some(MountType::VOLUME),
             source: Some(source.clone()),
-            volume_options: nocopy.then(|| MountVolumeOptions {
-                no_copy: Some(true),
-                ..MountVolumeOptions::default()
-            }),
+            volume_options: nocopy.then(|| MountVolumeOptions { no_copy: Some(true), ..MountVolumeOptions::default() }),
             ..base
         },
         MountKind::Anonymous { nocopy } => Mount {
@@ -277,26 +242,17 @@ fn endpoint(n: &NetworkAttachment, service: &str) -> EndpointSettings {
             }
         }
     }
-    let ipam = (n.ipv4_address.is_some() || n.ipv6_address.is_some()).then(|| {
-        EndpointIpamConfig {
-            ipv4_address: n.ipv4_address.clone(),
-            ipv6_address: n.ipv6_address.clone(),
-            ..EndpointIpamConfig::default()
-        }
+    let ipam = (n.ipv4_address.is_some() || n.ipv6_address.is_some()).then(|| EndpointIpamConfig {
+        ipv4_address: n.ipv4_address.clone(),
+        ipv6_address: n.ipv6_address.clone(),
+        ..EndpointIpamConfig::default()
     });
-    EndpointSettings {
-        aliases: non_empty(aliases),
-        ipam_config: ipam,
-        ..EndpointSettings::default()
-    }
+    EndpointSettings { aliases: non_empty(aliases), ipam_config: ipam, ..EndpointSettings::default() }
 }
 
 fn healthcheck(h: &HealthcheckSpec) -> HealthConfig {
     if h.disable {
-        return HealthConfig {
-            test: Some(vec!["NONE".into()]),
-            ..HealthConfig::default()
-        };
+        return HealthConfig { test: Some(vec!["NONE".into()]), ..HealthConfig::default() };
     }
     HealthConfig {
         test: non_empty(h.test.clone()),
@@ -313,14 +269,9 @@ fn restart_policy(r: RestartPolicy) -> models::RestartPolicy {
         RestartPolicy::No => (RestartPolicyNameEnum::NO, None),
         RestartPolicy::Always => (RestartPolicyNameEnum::ALWAYS, None),
         RestartPolicy::UnlessStopped => (RestartPolicyNameEnum::UNLESS_STOPPED, None),
-        RestartPolicy::OnFailure { max_retries } => {
-            (RestartPolicyNameEnum::ON_FAILURE, max_retries.map(i64::from))
-        }
+        RestartPolicy::OnFailure { max_retries } => (RestartPolicyNameEnum::ON_FAILURE, max_retries.map(i64::from)),
     };
-    models::RestartPolicy {
-        name: Some(name),
-        maximum_retry_count: max,
-    }
+    models::RestartPolicy { name: Some(name), maximum_retry_count: max }
 }
 
 fn nanos(d: Duration) -> i64 {
@@ -352,30 +303,16 @@ pub fn container_state(r: models::ContainerInspectResponse) -> ContainerState {
         Some(models::ContainerStateStatusEnum::DEAD) => ContainerStatus::Dead,
         _ => ContainerStatus::Created,
     };
-    let health = state
-        .health
-        .and_then(|h| h.status)
-        .and_then(|s| HealthStatus::parse(&s.to_string()));
-    let started = state
-        .started_at
-        .as_deref()
-        .is_some_and(|s| !s.starts_with("0001-"));
+    let health = state.health.and_then(|h| h.status).and_then(|s| HealthStatus::parse(s.as_ref()));
+    let started = state.started_at.as_deref().is_some_and(|s| !s.starts_with("0001-"));
     ContainerState {
         id: r.id.unwrap_or_default(),
-        name: r
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_string(),
+        name: r.name.unwrap_or_default().trim_start_matches('/').to_string(),
         image: config.image.unwrap_or_default(),
         labels: config.labels.unwrap_or_default().into_iter().collect(),
         status,
         // Docker reports 0 for a container that never ran; only an actual exit has a code.
-        exit_code: if started || status == ContainerStatus::Exited {
-            state.exit_code
-        } else {
-            None
-        },
+        exit_code: if started || status == ContainerStatus::Exited { state.exit_code } else { None },
         health,
         oom_killed: state.oom_killed.unwrap_or(false),
         error: state.error.filter(|e| !e.is_empty()),
@@ -389,12 +326,7 @@ mod tests {
 
     fn spec() -> ContainerSpec {
         ContainerSpec::new(
-            TaskIdentity {
-                project: "p".into(),
-                service: "web".into(),
-                container_number: 1,
-                ..TaskIdentity::default()
-            },
+            TaskIdentity { project: "p".into(), service: "web".into(), container_number: 1, ..TaskIdentity::default() },
             "img",
         )
     }
@@ -411,19 +343,11 @@ mod tests {
             },
             PortSpec {
                 target: 80,
-                published: Some(PortRange {
-                    start: 9000,
-                    end: 9005,
-                }),
+                published: Some(PortRange { start: 9000, end: 9005 }),
                 host_ip: None,
                 protocol: Protocol::Tcp,
             },
-            PortSpec {
-                target: 53,
-                published: None,
-                host_ip: None,
-                protocol: Protocol::Udp,
-            },
+            PortSpec { target: 53, published: None, host_ip: None, protocol: Protocol::Udp },
         ];
         let plan = create_plan(&s).unwrap();
         let exposed = plan.body.exposed_ports.unwrap();
@@ -444,19 +368,13 @@ mod tests {
                 aliases: vec!["www".into(), "web".into()],
                 ..Default::default()
             },
-            NetworkAttachment {
-                name: "p_back".into(),
-                ..Default::default()
-            },
+            NetworkAttachment { name: "p_back".into(), ..Default::default() },
         ];
         let plan = create_plan(&s).unwrap();
         let hc = plan.body.host_config.unwrap();
         assert_eq!(hc.network_mode.as_deref(), Some("p_front"));
         let eps = plan.body.networking_config.unwrap().endpoints_config.unwrap();
-        assert_eq!(
-            eps["p_front"].aliases.as_deref(),
-            Some(&["web".to_string(), "www".to_string()][..])
-        );
+        assert_eq!(eps["p_front"].aliases.as_deref(), Some(&["web".to_string(), "www".to_string()][..]));
         assert_eq!(plan.extra_networks.len(), 1);
         assert_eq!(plan.extra_networks[0].0, "p_back");
     }
@@ -465,10 +383,7 @@ mod tests {
     fn network_mode_with_networks_is_rejected() {
         let mut s = spec();
         s.network_mode = Some(crate::spec::NetworkMode::Host);
-        s.networks = vec![NetworkAttachment {
-            name: "x".into(),
-            ..Default::default()
-        }];
+        s.networks = vec![NetworkAttachment { name: "x".into(), ..Default::default() }];
         assert!(matches!(
             create_plan(&s),
             Err(EngineError::InvalidSpec(m)) if m.contains("network_mode")
@@ -478,11 +393,8 @@ mod tests {
     #[test]
     fn disabled_healthcheck_is_none_test() {
         let mut s = spec();
-        s.healthcheck = Some(HealthcheckSpec {
-            test: vec!["CMD".into(), "true".into()],
-            disable: true,
-            ..Default::default()
-        });
+        s.healthcheck =
+            Some(HealthcheckSpec { test: vec!["CMD".into(), "true".into()], disable: true, ..Default::default() });
         let hc = create_plan(&s).unwrap().body.healthcheck.unwrap();
         assert_eq!(hc.test, Some(vec!["NONE".to_string()]));
         assert_eq!(hc.interval, None);
@@ -517,11 +429,8 @@ mod tests {
     #[test]
     fn relative_mount_target_is_rejected() {
         let mut s = spec();
-        s.mounts = vec![MountSpec {
-            target: "data".into(),
-            read_only: false,
-            kind: MountKind::Anonymous { nocopy: false },
-        }];
+        s.mounts =
+            vec![MountSpec { target: "data".into(), read_only: false, kind: MountKind::Anonymous { nocopy: false } }];
         assert!(matches!(create_plan(&s), Err(EngineError::InvalidSpec(_))));
     }
 }

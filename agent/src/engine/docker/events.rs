@@ -9,31 +9,20 @@ use futures_util::stream::{BoxStream, StreamExt};
 
 use super::{engine_time, DockerEngine};
 use crate::engine::{
-    ContainerStatus, Engine, EngineError, EngineEvent, EngineResult, EventFilter, EventKind,
-    HealthStatus, WaitOutcome,
+    ContainerStatus, Engine, EngineError, EngineEvent, EngineResult, EventFilter, EventKind, HealthStatus, WaitOutcome,
 };
 
 /// Actions the runner cares about. `health_status` is prefix-matched by the engine, which is how
 /// it matches `health_status: healthy`.
 const ACTIONS: [&str; 5] = ["start", "die", "oom", "health_status", "destroy"];
 
-pub(super) fn subscribe(
-    engine: &DockerEngine,
-    filter: EventFilter,
-) -> BoxStream<'static, EngineResult<EngineEvent>> {
+pub(super) fn subscribe(engine: &DockerEngine, filter: EventFilter) -> BoxStream<'static, EngineResult<EngineEvent>> {
     let mut filters: HashMap<String, Vec<String>> = HashMap::from([
         ("type".into(), vec!["container".into()]),
         ("event".into(), ACTIONS.iter().map(|a| a.to_string()).collect()),
     ]);
     if !filter.labels.is_empty() {
-        filters.insert(
-            "label".into(),
-            filter
-                .labels
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect(),
-        );
+        filters.insert("label".into(), filter.labels.iter().map(|(k, v)| format!("{k}={v}")).collect());
     }
     if let Some(c) = filter.container {
         filters.insert("container".into(), vec![c]);
@@ -41,11 +30,7 @@ pub(super) fn subscribe(
     // Without `since` the engine could emit an event between our request and its subscription;
     // replaying from "now" (its history buffer) closes that gap.
     let since = filter.since.unwrap_or_else(SystemTime::now);
-    let options = EventsOptions {
-        since: Some(engine_time(since)),
-        until: None,
-        filters: Some(filters),
-    };
+    let options = EventsOptions { since: Some(engine_time(since)), until: None, filters: Some(filters) };
     let this = engine.clone();
     engine
         .client()
@@ -67,9 +52,7 @@ fn to_event(msg: EventMessage) -> Option<EngineEvent> {
     let action = msg.action?;
     let kind = match action.as_str() {
         "start" => EventKind::Start,
-        "die" => EventKind::Die {
-            exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
-        },
+        "die" => EventKind::Die { exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()) },
         "oom" => EventKind::Oom,
         "destroy" => EventKind::Destroy,
         a => {
@@ -91,24 +74,14 @@ pub(super) async fn wait_for_health(engine: &DockerEngine, id: &str) -> EngineRe
     // A little history, in case the transition happened just before this call.
     let since = SystemTime::now() - Duration::from_secs(1);
     let mut events = engine
-        .events(EventFilter {
-            container: Some(id.to_string()),
-            since: Some(since),
-            ..EventFilter::default()
-        })
+        .events(EventFilter { container: Some(id.to_string()), since: Some(since), ..EventFilter::default() })
         .await?;
     loop {
         let state = engine.inspect(id).await?;
         match (state.status, state.health) {
-            (ContainerStatus::Running, Some(HealthStatus::Healthy)) => {
-                return Ok(WaitOutcome::Healthy)
-            }
-            (ContainerStatus::Running, Some(HealthStatus::Unhealthy)) => {
-                return Ok(WaitOutcome::Unhealthy)
-            }
-            (ContainerStatus::Running, None) => {
-                return Err(EngineError::NoHealthcheck(id.to_string()))
-            }
+            (ContainerStatus::Running, Some(HealthStatus::Healthy)) => return Ok(WaitOutcome::Healthy),
+            (ContainerStatus::Running, Some(HealthStatus::Unhealthy)) => return Ok(WaitOutcome::Unhealthy),
+            (ContainerStatus::Running, None) => return Err(EngineError::NoHealthcheck(id.to_string())),
             (ContainerStatus::Exited | ContainerStatus::Dead, _) => {
                 return Ok(WaitOutcome::Exited {
                     code: state.exit_code.unwrap_or_default(),
@@ -140,12 +113,7 @@ mod tests {
             action: Some(action.into()),
             actor: Some(EventActor {
                 id: Some("c1".into()),
-                attributes: Some(
-                    attrs
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .collect(),
-                ),
+                attributes: Some(attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
             }),
             time_nano: Some(42),
             ..Default::default()

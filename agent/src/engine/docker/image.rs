@@ -14,20 +14,21 @@ pub(super) async fn ensure(
 ) -> EngineResult<ImageReady> {
     let reference = spec.reference();
     let present = is_present(engine, &reference).await?;
-    let ready = |how| ImageReady {
-        reference: reference.clone(),
-        how,
-    };
+    let ready = |how| ImageReady { reference: reference.clone(), how };
     match (spec.pull_policy, &spec.build, present) {
         (PullPolicy::Build, Some(build), _) => {
             build_image(engine, &reference, build, progress).await?;
             Ok(ready(ImageSource::Built))
         }
         (PullPolicy::Build, None, _) => Err(EngineError::NothingToBuild { image: reference }),
-        (PullPolicy::Always, _, _) => {
-            pull(engine, &reference, progress).await?;
-            Ok(ready(ImageSource::Pulled))
-        }
+        (PullPolicy::Always, _, _) => match pull(engine, &reference, progress).await {
+            Ok(()) => Ok(ready(ImageSource::Pulled)),
+            // "not found locally" would be false here; say what actually failed.
+            Err(EngineError::ImageUnavailable { reason, .. }) if present => {
+                Err(EngineError::api(format!("pulling image {reference} (pull_policy \"always\")"), reason))
+            }
+            Err(e) => Err(e),
+        },
         (PullPolicy::Missing | PullPolicy::Never, _, true) => Ok(ready(ImageSource::Present)),
         (PullPolicy::Never, _, false) => Err(EngineError::ImageMissingNoPull { image: reference }),
         (PullPolicy::Missing, Some(build), false) => {
@@ -57,29 +58,15 @@ fn split_reference(reference: &str) -> (String, Option<String>) {
     }
     let last_slash = reference.rfind('/').map_or(0, |i| i + 1);
     match reference[last_slash..].rfind(':') {
-        Some(i) => (
-            reference[..last_slash + i].to_string(),
-            Some(reference[last_slash + i + 1..].to_string()),
-        ),
+        Some(i) => (reference[..last_slash + i].to_string(), Some(reference[last_slash + i + 1..].to_string())),
         None => (reference.to_string(), Some("latest".into())),
     }
 }
 
-async fn pull(
-    engine: &DockerEngine,
-    reference: &str,
-    progress: Option<ProgressSink>,
-) -> EngineResult<()> {
+async fn pull(engine: &DockerEngine, reference: &str, progress: Option<ProgressSink>) -> EngineResult<()> {
     let (from_image, tag) = split_reference(reference);
-    let options = CreateImageOptions {
-        from_image: Some(from_image),
-        tag,
-        ..Default::default()
-    };
-    let unavailable = |reason: String| EngineError::ImageUnavailable {
-        image: reference.to_string(),
-        reason,
-    };
+    let options = CreateImageOptions { from_image: Some(from_image), tag, ..Default::default() };
+    let unavailable = |reason: String| EngineError::ImageUnavailable { image: reference.to_string(), reason };
     let mut stream = engine.client().create_image(Some(options), None, None);
     while let Some(item) = stream.next().await {
         match item {
@@ -116,34 +103,22 @@ async fn build_image(
     let context_dir = build.context.clone();
     let dockerfile = build.dockerfile.clone();
     // Reading and tarring a context is blocking file I/O.
-    let ctx = tokio::task::spawn_blocking(move || context::pack(&context_dir, dockerfile.as_deref()))
-        .await
-        .map_err(|e| EngineError::BuildContext {
-            path: build.context.display().to_string(),
-            message: e.to_string(),
-        })??;
+    let ctx = tokio::task::spawn_blocking(move || context::pack(&context_dir, dockerfile.as_deref())).await.map_err(
+        |e| EngineError::BuildContext { path: build.context.display().to_string(), message: e.to_string() },
+    )??;
 
     let options = BuildImageOptions {
         dockerfile: ctx.dockerfile,
         t: Some(reference.to_string()),
-        buildargs: (!build.args.is_empty())
-            .then(|| build.args.clone().into_iter().collect()),
-        labels: (!build.labels.is_empty())
-            .then(|| build.labels.clone().into_iter().collect()),
+        buildargs: (!build.args.is_empty()).then(|| build.args.clone().into_iter().collect()),
+        labels: (!build.labels.is_empty()).then(|| build.labels.clone().into_iter().collect()),
         target: build.target.clone().unwrap_or_default(),
         rm: true,
         forcerm: true,
         ..Default::default()
     };
-    let failed = |message: String| EngineError::Build {
-        image: reference.to_string(),
-        message,
-    };
-    let mut stream = engine.client().build_image(
-        options,
-        None,
-        Some(bollard::body_full(ctx.tar.into())),
-    );
+    let failed = |message: String| EngineError::Build { image: reference.to_string(), message };
+    let mut stream = engine.client().build_image(options, None, Some(bollard::body_full(ctx.tar.into())));
     while let Some(item) = stream.next().await {
         match item {
             Ok(info) => {
@@ -179,10 +154,7 @@ mod tests {
     fn splits_references() {
         assert_eq!(split_reference("busybox"), ("busybox".into(), Some("latest".into())));
         assert_eq!(split_reference("a/b:1.2"), ("a/b".into(), Some("1.2".into())));
-        assert_eq!(
-            split_reference("localhost:5000/x"),
-            ("localhost:5000/x".into(), Some("latest".into()))
-        );
+        assert_eq!(split_reference("localhost:5000/x"), ("localhost:5000/x".into(), Some("latest".into())));
         assert_eq!(split_reference("x@sha256:ab"), ("x@sha256:ab".into(), None));
     }
 }

@@ -6,17 +6,15 @@ use std::time::{Duration, SystemTime};
 use bollard::errors::Error as BollardError;
 use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectNetworkOptions, KillContainerOptions, ListContainersOptions,
-    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions,
-    WaitContainerOptions,
+    CreateContainerOptions, InspectNetworkOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use crate::engine::{
-    ContainerState, Engine, EngineError, EngineEvent, EngineResult, EventFilter, ImageReady,
-    LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome, WaitCondition,
-    WaitOutcome,
+    ContainerState, Engine, EngineError, EngineEvent, EngineResult, EventFilter, ImageReady, LogChunk, LogOptions,
+    LogStream, ProgressSink, RemoveOptions, StopOutcome, WaitCondition, WaitOutcome,
 };
 use crate::labels;
 use crate::spec::{ContainerSpec, ImageSpec, NetworkSpec, VolumeSpec};
@@ -39,30 +37,19 @@ pub struct DockerEngine {
 impl DockerEngine {
     /// Connects to `DOCKER_HOST`, or the default socket.
     pub async fn connect() -> EngineResult<Self> {
-        let host = std::env::var("DOCKER_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        let host =
+            std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| DEFAULT_HOST.to_string());
         Self::connect_to(&host).await
     }
 
     /// Connects and negotiates the API version, so an unreachable engine is reported here, once,
     /// rather than as an obscure failure of the first real request.
     pub async fn connect_to(host: &str) -> EngineResult<Self> {
-        let unreachable = |cause: String| EngineError::Unreachable {
-            host: host.to_string(),
-            cause,
-        };
+        let unreachable = |cause: String| EngineError::Unreachable { host: host.to_string(), cause };
         let docker = Docker::connect_with_host(host).map_err(|e| unreachable(error_chain(&e)))?;
         // bollard defaults to a newer API than Docker 20.10 speaks; negotiation downgrades it.
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
-        Ok(DockerEngine {
-            docker,
-            host: host.to_string(),
-        })
+        let docker = docker.negotiate_version().await.map_err(|e| unreachable(error_chain(&e)))?;
+        Ok(DockerEngine { docker, host: host.to_string() })
     }
 
     /// The underlying client, for callers (and tests) that need an API this trait lacks.
@@ -77,21 +64,15 @@ impl DockerEngine {
     /// Turns a bollard error into ours; transport failures become `Unreachable`.
     fn err(&self, context: impl Into<String>, e: BollardError) -> EngineError {
         match e {
-            BollardError::DockerResponseServerError {
-                status_code,
-                message,
-            } => EngineError::Api {
-                context: context.into(),
-                status: Some(status_code),
-                message,
-            },
+            BollardError::DockerResponseServerError { status_code, message } => {
+                EngineError::Api { context: context.into(), status: Some(status_code), message }
+            }
             BollardError::SocketNotFoundError(_)
             | BollardError::HyperLegacyError { .. }
             | BollardError::IOError { .. }
-            | BollardError::RequestTimeoutError => EngineError::Unreachable {
-                host: self.host.clone(),
-                cause: error_chain(&e),
-            },
+            | BollardError::RequestTimeoutError => {
+                EngineError::Unreachable { host: self.host.clone(), cause: error_chain(&e) }
+            }
             other => EngineError::api(context, error_chain(&other)),
         }
     }
@@ -105,9 +86,7 @@ impl DockerEngine {
     }
 
     async fn wait_not_running(&self, id: &str) -> EngineResult<i64> {
-        let opts = WaitContainerOptions {
-            condition: "not-running".into(),
-        };
+        let opts = WaitContainerOptions { condition: "not-running".into() };
         let mut stream = self.docker.wait_container(id, Some(opts));
         match stream.next().await {
             Some(Ok(r)) => Ok(r.status_code),
@@ -122,9 +101,7 @@ impl DockerEngine {
     }
 
     async fn kill(&self, id: &str, signal: &str) -> EngineResult<bool> {
-        let opts = KillContainerOptions {
-            signal: signal.to_string(),
-        };
+        let opts = KillContainerOptions { signal: signal.to_string() };
         match self.docker.kill_container(id, Some(opts)).await {
             Ok(()) => Ok(true),
             // 409: not running (any more); the stop has nothing left to do.
@@ -160,11 +137,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 impl Engine for DockerEngine {
     async fn ensure_network(&self, spec: &NetworkSpec) -> EngineResult<String> {
         let name = spec.name.as_str();
-        match self
-            .docker
-            .inspect_network(name, None::<InspectNetworkOptions>)
-            .await
-        {
+        match self.docker.inspect_network(name, None::<InspectNetworkOptions>).await {
             Ok(n) => return Ok(n.id.unwrap_or_else(|| name.to_string())),
             Err(e) if status(&e) == Some(404) => {
                 if spec.external {
@@ -194,8 +167,7 @@ impl Engine for DockerEngine {
             attachable: spec.attachable.then_some(true),
             enable_ipv6: spec.enable_ipv6.then_some(true),
             ipam,
-            options: (!spec.driver_opts.is_empty())
-                .then(|| spec.driver_opts.clone().into_iter().collect()),
+            options: (!spec.driver_opts.is_empty()).then(|| spec.driver_opts.clone().into_iter().collect()),
             labels: Some(labels::network_labels(spec)),
             ..Default::default()
         };
@@ -235,8 +207,7 @@ impl Engine for DockerEngine {
         let request = VolumeCreateRequest {
             name: Some(name.to_string()),
             driver: spec.driver.clone(),
-            driver_opts: (!spec.driver_opts.is_empty())
-                .then(|| spec.driver_opts.clone().into_iter().collect()),
+            driver_opts: (!spec.driver_opts.is_empty()).then(|| spec.driver_opts.clone().into_iter().collect()),
             labels: Some(labels::volume_labels(spec)),
             ..Default::default()
         };
@@ -248,22 +219,14 @@ impl Engine for DockerEngine {
     }
 
     async fn remove_volume(&self, name: &str) -> EngineResult<()> {
-        match self
-            .docker
-            .remove_volume(name, None::<RemoveVolumeOptions>)
-            .await
-        {
+        match self.docker.remove_volume(name, None::<RemoveVolumeOptions>).await {
             Ok(()) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
             Err(e) => Err(self.err(format!("removing volume {name}"), e)),
         }
     }
 
-    async fn ensure_image(
-        &self,
-        spec: &ImageSpec,
-        progress: Option<ProgressSink>,
-    ) -> EngineResult<ImageReady> {
+    async fn ensure_image(&self, spec: &ImageSpec, progress: Option<ProgressSink>) -> EngineResult<ImageReady> {
         image::ensure(self, spec, progress).await
     }
 
@@ -273,43 +236,22 @@ impl Engine for DockerEngine {
             name: Some(plan.name.clone()),
             platform: plan.platform.clone().unwrap_or_default(),
         };
-        let created = match self
-            .docker
-            .create_container(Some(options), plan.body)
-            .await
-        {
+        let created = match self.docker.create_container(Some(options), plan.body).await {
             Ok(c) => c,
             Err(e) if status(&e) == Some(404) => {
                 return Err(EngineError::ImageUnavailable {
                     image: spec.image.clone(),
-                    reason: format!(
-                        "it was not built or pulled before create ({})",
-                        error_chain(&e)
-                    ),
+                    reason: format!("it was not built or pulled before create ({})", error_chain(&e)),
                 })
             }
             Err(e) => return Err(self.err(format!("creating container {}", plan.name), e)),
         };
         for (network, endpoint) in plan.extra_networks {
-            let request = NetworkConnectRequest {
-                container: created.id.clone(),
-                endpoint_config: Some(endpoint),
-            };
+            let request = NetworkConnectRequest { container: created.id.clone(), endpoint_config: Some(endpoint) };
             if let Err(e) = self.docker.connect_network(&network, request).await {
-                let err = self.err(
-                    format!("connecting container {} to network {network}", plan.name),
-                    e,
-                );
+                let err = self.err(format!("connecting container {} to network {network}", plan.name), e);
                 // A half-wired container would be adopted later as if it were fine.
-                let _ = self
-                    .remove(
-                        &created.id,
-                        RemoveOptions {
-                            force: true,
-                            volumes: true,
-                        },
-                    )
-                    .await;
+                let _ = self.remove(&created.id, RemoveOptions { force: true, volumes: true }).await;
                 return Err(err);
             }
         }
@@ -328,26 +270,16 @@ impl Engine for DockerEngine {
             WaitCondition::Exit => {
                 let code = self.wait_not_running(id).await?;
                 let state = self.inspect(id).await?;
-                Ok(WaitOutcome::Exited {
-                    code,
-                    oom_killed: state.oom_killed,
-                })
+                Ok(WaitOutcome::Exited { code, oom_killed: state.oom_killed })
             }
             WaitCondition::Health => events::wait_for_health(self, id).await,
         }
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> EngineResult<StopOutcome> {
-        let inspect = self
-            .docker
-            .inspect_container(id, None)
-            .await
-            .map_err(|e| self.container_err(id, "inspecting", e))?;
-        let running = inspect
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
+        let inspect =
+            self.docker.inspect_container(id, None).await.map_err(|e| self.container_err(id, "inspecting", e))?;
+        let running = inspect.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         if !running {
             return Ok(StopOutcome::AlreadyStopped);
         }
@@ -361,10 +293,7 @@ impl Engine for DockerEngine {
         if !self.kill(id, &signal).await? {
             return Ok(StopOutcome::AlreadyStopped);
         }
-        if tokio::time::timeout(grace, self.wait_not_running(id))
-            .await
-            .is_ok()
-        {
+        if tokio::time::timeout(grace, self.wait_not_running(id)).await.is_ok() {
             return Ok(StopOutcome::Exited);
         }
         if !self.kill(id, "SIGKILL").await? {
@@ -375,11 +304,7 @@ impl Engine for DockerEngine {
     }
 
     async fn remove(&self, id: &str, opts: RemoveOptions) -> EngineResult<()> {
-        let options = RemoveContainerOptions {
-            force: opts.force,
-            v: opts.volumes,
-            link: false,
-        };
+        let options = RemoveContainerOptions { force: opts.force, v: opts.volumes, link: false };
         match self.docker.remove_container(id, Some(options)).await {
             Ok(()) => Ok(()),
             Err(e) if status(&e) == Some(404) => Ok(()),
@@ -397,10 +322,7 @@ impl Engine for DockerEngine {
             since: 0,
             until: 0,
             timestamps: opts.timestamps,
-            tail: opts
-                .tail
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "all".into()),
+            tail: opts.tail.map(|n| n.to_string()).unwrap_or_else(|| "all".into()),
         };
         let this = self.clone();
         let id = id.to_string();
@@ -410,18 +332,11 @@ impl Engine for DockerEngine {
                 Ok(out) => {
                     use bollard::container::LogOutput;
                     Ok(match out {
-                        LogOutput::StdOut { message } | LogOutput::StdIn { message } => LogChunk {
-                            stream: LogStream::Stdout,
-                            data: message,
-                        },
-                        LogOutput::StdErr { message } => LogChunk {
-                            stream: LogStream::Stderr,
-                            data: message,
-                        },
-                        LogOutput::Console { message } => LogChunk {
-                            stream: LogStream::Console,
-                            data: message,
-                        },
+                        LogOutput::StdOut { message } | LogOutput::StdIn { message } => {
+                            LogChunk { stream: LogStream::Stdout, data: message }
+                        }
+                        LogOutput::StdErr { message } => LogChunk { stream: LogStream::Stderr, data: message },
+                        LogOutput::Console { message } => LogChunk { stream: LogStream::Console, data: message },
                     })
                 }
                 Err(e) => Err(this.container_err(&id, "reading logs of", e)),
@@ -429,10 +344,7 @@ impl Engine for DockerEngine {
             .boxed()
     }
 
-    async fn events(
-        &self,
-        filter: EventFilter,
-    ) -> EngineResult<BoxStream<'static, EngineResult<EngineEvent>>> {
+    async fn events(&self, filter: EventFilter) -> EngineResult<BoxStream<'static, EngineResult<EngineEvent>>> {
         Ok(events::subscribe(self, filter))
     }
 
@@ -445,20 +357,10 @@ impl Engine for DockerEngine {
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> EngineResult<Vec<ContainerState>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-        )]);
-        let options = ListContainersOptions {
-            all: true,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let summaries = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(|e| self.err("listing containers", e))?;
+        let filters = HashMap::from([("label".to_string(), labels.iter().map(|(k, v)| format!("{k}={v}")).collect())]);
+        let options = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+        let summaries =
+            self.docker.list_containers(Some(options)).await.map_err(|e| self.err("listing containers", e))?;
         // The list API has no exit code or health on API 1.41, so inspect each one.
         let mut out = Vec::with_capacity(summaries.len());
         for id in summaries.into_iter().filter_map(|s| s.id) {
@@ -475,8 +377,6 @@ impl Engine for DockerEngine {
 
 /// Seconds since the epoch with nanoseconds, the format the events API takes for `since`.
 fn engine_time(t: SystemTime) -> String {
-    let d = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
+    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
