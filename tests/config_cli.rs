@@ -87,7 +87,8 @@ fn discovers_files_upwards_and_names_the_project() {
     assert_eq!(doc["services"]["app"]["environment"]["LAYER"], "override");
     let by_env = yaml(&run(shoal(&nested).args(["config"]).env("COMPOSE_PROJECT_NAME", "from_env")).stdout);
     assert_eq!(by_env["name"], "from_env");
-    let by_flag = yaml(&run(shoal(&nested).args(["-p", "flag", "config"]).env("COMPOSE_PROJECT_NAME", "from_env")).stdout);
+    let by_flag =
+        yaml(&run(shoal(&nested).args(["-p", "flag", "config"]).env("COMPOSE_PROJECT_NAME", "from_env")).stdout);
     assert_eq!(by_flag["name"], "flag");
     let bad = run(shoal(&nested).args(["-p", "Bad Name", "config"]));
     assert_eq!(bad.code, 1);

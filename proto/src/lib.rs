@@ -1,1 +1,8 @@
-//! Shoal gRPC protocol; the .proto files and generated code arrive with the control-plane issue.
+//! The Shoal gRPC protocol, generated from `proto/shoal/v1/*.proto` at build time.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("shoal.v1");
+}
+
+pub use v1::*;

@@ -20,7 +20,11 @@ pub fn shoal_bin() -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/shoal
     let profile_dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     let bin = profile_dir.join("shoal");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p shoal-orchestrator` (or cargo test --workspace)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p shoal-orchestrator` (or cargo test --workspace)",
+        bin.display()
+    );
     bin
 }
 

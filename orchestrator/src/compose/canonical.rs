@@ -119,7 +119,7 @@ fn canonicalize_attribute(
         "expose" => map_list_items(value, path, scalar_to_string),
         "volumes" => canonicalize_service_volumes(value, path),
         "depends_on" => canonicalize_depends_on(value, path),
-        "networks" => list_to_null_map(value, path),
+        "networks" => canonicalize_service_networks(value, path),
         "models" => list_to_null_map(value, path),
         "secrets" | "configs" => canonicalize_file_references(value, path),
         "ulimits" => canonicalize_ulimits(value, path),
@@ -145,8 +145,9 @@ fn canonicalize_attribute(
         "devices" => canonicalize_devices(value, path),
         "logging" => with_field(value, "options", path, |v, p| to_string_map(v, p, ListItemWithoutValue::Empty)),
         "deploy" => canonicalize_deploy(value, path),
-        "post_start" | "pre_stop" => map_list_items(value, path, canonicalize_hook),
-        "develop" => Ok(()),
+        "gpus" if value.is_sequence() => map_list_items(value, path, canonicalize_device_request),
+        "post_start" | "pre_start" | "pre_stop" => map_list_items(value, path, canonicalize_hook),
+        "develop" => with_field(value, "watch", path, |v, p| map_list_items(v, p, canonicalize_watch_rule)),
         "restart" => {
             // `restart: no` must stay the string "no" (YAML 1.1 would read a boolean).
             if let Value::Bool(false) = value {
@@ -182,7 +183,7 @@ fn canonicalize_build(value: &mut Value, path: &KeyPath) -> Result<()> {
             "secrets" => canonicalize_file_references(v, &p),
             "ulimits" => canonicalize_ulimits(v, &p),
             "ssh" => canonicalize_ssh(v, &p),
-            "cache_from" | "cache_to" | "tags" | "platforms" | "entitlements" => {
+            "cache_from" | "cache_to" | "no_cache_filter" | "tags" | "platforms" | "entitlements" => {
                 string_to_list(v);
                 Ok(())
             }
@@ -453,24 +454,50 @@ fn parse_range(text: &str) -> Option<(u32, u32)> {
 }
 
 fn canonicalize_service_volumes(value: &mut Value, path: &KeyPath) -> Result<()> {
-    map_list_items(value, path, |item, p| match item {
-        Value::Mapping(map) => {
-            if !map.contains_key("target") {
-                return Err(PathError::new(p.clone(), "a volume in long syntax needs `target`")
-                    .with_hint("add `target: /path/in/container`"));
+    map_list_items(value, path, |item, p| {
+        match &mut *item {
+            Value::Mapping(map) => {
+                if !map.contains_key("target") {
+                    return Err(PathError::new(p.clone(), "a volume in long syntax needs `target`")
+                        .with_hint("add `target: /path/in/container`"));
+                }
+                if !map.contains_key("type") {
+                    return Err(PathError::new(p.clone(), "a volume in long syntax needs `type`")
+                        .with_hint("add `type: volume`, `type: bind` or `type: tmpfs`"));
+                }
             }
-            if !map.contains_key("type") {
-                return Err(PathError::new(p.clone(), "a volume in long syntax needs `type`")
-                    .with_hint("add `type: volume`, `type: bind` or `type: tmpfs`"));
+            other => {
+                let text =
+                    scalar_text(other).ok_or_else(|| expected(p, "a volume like \"data:/var/lib/data\"", other))?;
+                *other = parse_short_volume(&text, p)?;
             }
-            Ok(())
         }
-        other => {
-            let text = scalar_text(other).ok_or_else(|| expected(p, "a volume like \"data:/var/lib/data\"", other))?;
-            *other = parse_short_volume(&text, p)?;
-            Ok(())
+        // `/data/` and `/data` are one mount point (compose cleans the target too), so that
+        // merging and duplicate checks see them as the same.
+        if let Some(Value::String(target)) = item.get_mut("target") {
+            *target = clean_container_path(target);
         }
+        Ok(())
     })
+}
+
+/// Lexically cleans a `/`-separated container path: repeated `/`, `.` and `..` segments and a
+/// trailing `/` go (`/a//b/./c/` → `/a/b/c`). Other paths (Windows, relative) are left alone.
+fn clean_container_path(target: &str) -> String {
+    if !target.starts_with('/') {
+        return target.to_string();
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for segment in target.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
 }
 
 /// `[source:]target[:mode]` → long syntax. A source that looks like a path (`/`, `.`, `~`, or
@@ -636,6 +663,25 @@ fn list_to_null_map(value: &mut Value, path: &KeyPath) -> Result<()> {
     }
 }
 
+/// A `develop.watch` rule: `include`/`ignore` may be one pattern; `exec` is a hook.
+fn canonicalize_watch_rule(rule: &mut Value, path: &KeyPath) -> Result<()> {
+    for field in ["include", "ignore"] {
+        with_field(rule, field, path, |v, _| {
+            string_to_list(v);
+            Ok(())
+        })?;
+    }
+    with_field(rule, "exec", path, canonicalize_hook)
+}
+
+/// Service `networks`: a list of names → `{name: null}`; `driver_opts` values as strings.
+fn canonicalize_service_networks(value: &mut Value, path: &KeyPath) -> Result<()> {
+    list_to_null_map(value, path)?;
+    for_each_entry(value, path, |_, network, p| {
+        with_tag(network, |n| with_field(n, "driver_opts", p, |v, p| to_string_map(v, p, ListItemWithoutValue::Empty)))
+    })
+}
+
 /// Service `secrets`/`configs`: `name` → `{source: name}`.
 fn canonicalize_file_references(value: &mut Value, path: &KeyPath) -> Result<()> {
     map_list_items(value, path, |item, p| match item {
@@ -752,12 +798,29 @@ fn canonicalize_devices(value: &mut Value, path: &KeyPath) -> Result<()> {
 
 fn canonicalize_deploy(value: &mut Value, path: &KeyPath) -> Result<()> {
     with_field(value, "labels", path, |v, p| to_string_map(v, p, ListItemWithoutValue::Empty))?;
+    with_field(value, "resources", path, |resources, p| {
+        for field in ["limits", "reservations"] {
+            with_field(resources, field, p, |spec, p| {
+                with_field(spec, "devices", p, |v, p| map_list_items(v, p, canonicalize_device_request))
+            })?;
+        }
+        Ok(())
+    })?;
     with_field(value, "placement", path, |placement, p| {
         with_field(placement, "constraints", p, |v, _| {
             string_to_list(v);
             Ok(())
         })
     })
+}
+
+/// A device request (`deploy.resources.*.devices`, `gpus`): `options` as a string map, IDs and
+/// capabilities as strings (`device_ids: [0]`).
+fn canonicalize_device_request(request: &mut Value, path: &KeyPath) -> Result<()> {
+    for field in ["capabilities", "device_ids"] {
+        with_field(request, field, path, |v, p| map_list_items(v, p, scalar_to_string))?;
+    }
+    with_field(request, "options", path, |v, p| to_string_map(v, p, ListItemWithoutValue::Empty))
 }
 
 fn canonicalize_hook(hook: &mut Value, path: &KeyPath) -> Result<()> {

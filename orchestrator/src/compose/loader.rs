@@ -104,7 +104,13 @@ pub fn load_in_memory(options: &LoadOptions, files: BTreeMap<PathBuf, String>) -
 }
 
 fn load_with(mut loader: Loader, options: &LoadOptions) -> Result<LoadedProject, LoadError> {
-    let (files, project_dir, env) = loader.select_files_and_environment(options)?;
+    let (files, project_dir, shell_env) = loader.select_files_and_environment(options)?;
+    // Interpolation and `environment: [COMPOSE_PROJECT_NAME]` see the project's name, as in
+    // compose; a name that cannot be used is reported below, where the final name is chosen.
+    let mut env = shell_env.clone();
+    if let Some(name) = loader.early_project_name(options, &shell_env, &files, &project_dir) {
+        env.insert("COMPOSE_PROJECT_NAME".to_string(), name);
+    }
     let mut doc = loader.load_model(&files, &project_dir, &env, 0)?;
     let home = env.get("HOME").map(PathBuf::from);
 
@@ -113,8 +119,9 @@ fn load_with(mut loader: Loader, options: &LoadOptions) -> Result<LoadedProject,
     let all_profiles = collect_profiles(&doc);
     let active = active_profiles(options, &env);
     loader.apply_profiles(&mut doc, &active)?;
-    let name = project_name(options, &env, &doc, &project_dir).map_err(|e| loader.locate_error(e))?;
+    let name = project_name(options, &shell_env, &doc, &project_dir).map_err(|e| loader.locate_error(e))?;
     set_project_defaults(&mut doc, &name);
+    inherit_pre_start_image(&mut doc);
 
     let project = loader.to_model(doc)?;
     warnings.extend(validate::check_project(&project).map_err(|e| loader.locate_error(e))?);
@@ -171,6 +178,38 @@ impl Loader {
             explicit_dir.unwrap_or_else(|| files[0].parent().map(Path::to_path_buf).unwrap_or_else(|| cwd.clone()));
         let env = if project_dir == early_dir { early_env } else { build_environment(options, &project_dir)? };
         Ok((files, project_dir, env))
+    }
+
+    /// The project name before the files are interpolated: `-p`, `COMPOSE_PROJECT_NAME`, the
+    /// last `name:` of the files (itself interpolated), or the directory. `None` if unusable.
+    fn early_project_name(
+        &self,
+        options: &LoadOptions,
+        env: &BTreeMap<String, String>,
+        files: &[PathBuf],
+        project_dir: &Path,
+    ) -> Option<String> {
+        let mut name = None;
+        for file in files {
+            let source = match self.in_memory.get(file) {
+                Some(text) => SourceFile::parse(file, text),
+                None => SourceFile::read(file),
+            };
+            // Unreadable files are reported when they are loaded.
+            let Ok(source) = source else { return None };
+            for doc in &source.documents {
+                if let Some(value) = doc.get("name").filter(|v| !v.is_null()) {
+                    name = Some(value.clone());
+                }
+            }
+        }
+        let mut top = Mapping::new();
+        if let Some(mut value) = name {
+            let lookup = |k: &str| env.get(k).cloned();
+            interpolate_value(&mut value, &KeyPath::root().key("name"), &lookup, &mut Vec::new()).ok()?;
+            top.insert("name".into(), value);
+        }
+        project_name(options, env, &Value::Mapping(top), project_dir).ok()
     }
 
     /// Reads, merges and resolves one model (the main project or an included one): its files,
@@ -470,14 +509,15 @@ impl Loader {
 
     fn read_label_files(&mut self, service: &mut Mapping, path: &KeyPath) -> Result<(), LoadError> {
         let Some(Value::Sequence(files)) = service.get("label_file").cloned() else { return Ok(()) };
-        let mut from_files = Vec::new();
+        // A later label file overrides an earlier one.
+        let mut from_files: BTreeMap<String, Option<String>> = BTreeMap::new();
         for (i, file) in files.iter().enumerate() {
             let file = file.as_str().unwrap_or_default();
             let vars = dotenv::read_env_file(Path::new(file), &|_: &str| None).map_err(|e| match e {
-                dotenv::EnvFileError::NotFound { .. } => {
-                    let hint = e.hint();
-                    self.locate_error(PathError::new(path.key("label_file").index(i), e.to_string()).with_hint(hint))
-                }
+                dotenv::EnvFileError::NotFound { .. } => self.locate_error(
+                    PathError::new(path.key("label_file").index(i), format!("label file {file} not found"))
+                        .with_hint("check the path (relative paths are resolved against the project directory)"),
+                ),
                 other => LoadError::from(other),
             })?;
             from_files.extend(vars);
@@ -712,6 +752,18 @@ fn set_project_defaults(doc: &mut Value, project: &str) {
     }
 }
 
+/// A `pre_start` hook without an `image` runs the service's image (compose-spec PR #647).
+fn inherit_pre_start_image(doc: &mut Value) {
+    let Some(services) = doc.get_mut("services").and_then(Value::as_mapping_mut) else { return };
+    for (_, service) in services.iter_mut() {
+        let Some(image) = service.get("image").filter(|i| i.is_string()).cloned() else { continue };
+        let Some(Value::Sequence(hooks)) = service.get_mut("pre_start") else { continue };
+        for hook in hooks.iter_mut().filter_map(Value::as_mapping_mut) {
+            hook.entry("image".into()).or_insert_with(|| image.clone());
+        }
+    }
+}
+
 // ---- small pieces -----------------------------------------------------------------------------
 
 fn service_names(doc: &Value) -> Vec<String> {
@@ -842,6 +894,7 @@ const BOOLEAN_ATTRIBUTES: &[&str] = &[
     "attach",
     "init",
     "no_cache",
+    "per_replica",
     "pull",
     "privileged",
     "oom_kill_disable",

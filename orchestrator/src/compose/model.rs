@@ -174,6 +174,9 @@ pub struct Service {
     pub ports: Vec<Port>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub post_start: Vec<LifecycleHook>,
+    /// One-off containers run before the service's containers start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_start: Vec<PreStartHook>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pre_stop: Vec<LifecycleHook>,
     #[serde(default, deserialize_with = "lenient::opt_bool", skip_serializing_if = "Option::is_none")]
@@ -254,6 +257,9 @@ pub struct Build {
     pub cache_to: Vec<String>,
     #[serde(default, deserialize_with = "lenient::opt_bool", skip_serializing_if = "Option::is_none")]
     pub no_cache: Option<bool>,
+    /// Build stages to rebuild without the cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_cache_filter: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub additional_contexts: StringMap,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -626,6 +632,27 @@ pub struct LifecycleHook {
     pub working_dir: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub environment: OptionalStringMap,
+}
+
+/// `pre_start`: a container run from `image` (the service's image unless given) before the
+/// service starts; once per service, or once per replica with `per_replica`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreStartHook {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: OptionalStringMap,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, deserialize_with = "lenient::opt_bool", skip_serializing_if = "Option::is_none")]
+    pub per_replica: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_bool", skip_serializing_if = "Option::is_none")]
+    pub privileged: Option<bool>,
+    #[serde(default, deserialize_with = "lenient::opt_string", skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

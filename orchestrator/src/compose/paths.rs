@@ -54,6 +54,15 @@ pub fn resolve_service_paths(service: &mut Value, base: &Path, home: Option<&Pat
                 build.insert("context".into(), Value::String(absolutize(".", base, home)));
             }
         }
+        // Named contexts that are local directories; `docker-image://`, `service:` and
+        // URLs are left as written.
+        if let Some(contexts) = build.get_mut("additional_contexts").and_then(Value::as_mapping_mut) {
+            for (_, ctx) in contexts.iter_mut() {
+                if ctx.as_str().is_some_and(|c| !is_remote_context(c) && !c.starts_with("service:")) {
+                    fix(ctx);
+                }
+            }
+        }
         if !build.contains_key("dockerfile") && !build.contains_key("dockerfile_inline") {
             build.insert("dockerfile".into(), "Dockerfile".into());
         }
@@ -126,6 +135,23 @@ mod tests {
         assert_eq!(service["env_file"][0]["path"], Value::String("/p/a.env".into()));
         assert_eq!(service["volumes"][0]["source"], Value::String("/p/s".into()));
         assert_eq!(service["volumes"][1]["source"], Value::String("data".into()));
+    }
+
+    #[test]
+    fn resolves_local_additional_contexts_only() {
+        let mut service: Value = serde_yaml::from_str(
+            "{build: {context: ./app, additional_contexts: {a: ./shared, b: 'docker-image://alpine', c: 'service:base', \
+             d: 'https://github.com/a/b.git', e: /abs}}}",
+        )
+        .unwrap();
+        resolve_service_paths(&mut service, Path::new("/p"), None);
+        let contexts = &service["build"]["additional_contexts"];
+        // Relative to the project directory, as compose does, not to the build context.
+        assert_eq!(contexts["a"], Value::String("/p/shared".into()));
+        assert_eq!(contexts["b"], Value::String("docker-image://alpine".into()));
+        assert_eq!(contexts["c"], Value::String("service:base".into()));
+        assert_eq!(contexts["d"], Value::String("https://github.com/a/b.git".into()));
+        assert_eq!(contexts["e"], Value::String("/abs".into()));
     }
 
     #[test]

@@ -117,13 +117,46 @@ fn check_restart(value: &str, path: &KeyPath) -> Result<()> {
         .with_hint("use no, always, on-failure, on-failure:N or unless-stopped"))
 }
 
+/// The `<duration>` of `every_<duration>`: like `1h30m`, with days (`d`) and weeks (`w`) too.
+fn is_refresh_duration(text: &str) -> bool {
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let unit_len =
+            rest[number_len..].find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len() - number_len);
+        let (number, unit) = (&rest[..number_len], &rest[number_len..number_len + unit_len]);
+        if number.parse::<f64>().is_err() || !matches!(unit, "w" | "d" | "h" | "m" | "s" | "ms" | "us" | "µs" | "ns") {
+            return false;
+        }
+        rest = &rest[number_len + unit_len..];
+    }
+    !text.is_empty()
+}
+
 fn check_pull_policy(value: &str, path: &KeyPath) -> Result<()> {
     let fixed = ["always", "never", "missing", "build", "if_not_present", "daily", "weekly"];
-    let every = value.strip_prefix("every_").is_some_and(|d| d.parse::<super::units::Duration>().is_ok());
+    let every = value.strip_prefix("every_").is_some_and(is_refresh_duration);
     if fixed.contains(&value) || every {
         return Ok(());
     }
     let hint =
         did_you_mean(value, fixed).unwrap_or_else(|| format!("use one of: {}, or every_<duration>", fixed.join(", ")));
     Err(PathError::new(path.clone(), format!("invalid pull policy `{value}`")).with_hint(hint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_policy_refresh_takes_days_and_weeks() {
+        let path = KeyPath::root().key("pull_policy");
+        for ok in ["daily", "every_12h", "every_2d", "every_1w2d", "every_1h30m", "missing"] {
+            assert!(check_pull_policy(ok, &path).is_ok(), "{ok}");
+        }
+        for bad in ["every_", "every_2", "every_2y", "every_d", "sometimes"] {
+            let e = check_pull_policy(bad, &path).unwrap_err();
+            assert_eq!(e.path.to_string(), "pull_policy", "{bad}");
+        }
+    }
 }

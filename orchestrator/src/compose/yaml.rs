@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use serde_yaml::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::error::{LoadError, Location};
-use super::path::KeyPath;
+use super::path::{KeyPath, Segment};
 
 /// Line and column of a node, both 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,9 @@ pub struct PositionIndex {
     marks: HashMap<KeyPath, Marks>,
     /// Keys that appear twice in one mapping, in file order.
     duplicates: Vec<(KeyPath, Position)>,
+    /// `mode: 0o440` as written (document index, path, text): serde_yaml reads YAML 1.2 octal
+    /// as the integer 288, which a file mode, read as octal digits, cannot tell from `mode: 288`.
+    octal_modes: Vec<(usize, KeyPath, String)>,
 }
 
 impl PositionIndex {
@@ -83,6 +86,8 @@ enum Frame {
 struct IndexBuilder {
     stack: Vec<Frame>,
     index: PositionIndex,
+    /// Documents started so far.
+    documents: usize,
 }
 
 fn position(mark: Marker) -> Position {
@@ -127,8 +132,14 @@ impl IndexBuilder {
 impl MarkedEventReceiver for IndexBuilder {
     fn on_event(&mut self, event: Event, mark: Marker) {
         match event {
-            Event::Scalar(text, ..) => {
-                self.place_node(Some(&text), mark);
+            Event::Scalar(text, style, ..) => {
+                let path = self.place_node(Some(&text), mark);
+                if let Some(path) = path.filter(|p| p.last_key() == Some("mode")) {
+                    let octal = text.strip_prefix("0o").is_some_and(|d| d.bytes().all(|b| (b'0'..=b'7').contains(&b)));
+                    if style == TScalarStyle::Plain && octal && self.documents > 0 {
+                        self.index.octal_modes.push((self.documents - 1, path, text));
+                    }
+                }
             }
             Event::Alias(_) => {
                 self.place_node(Some("*alias"), mark);
@@ -144,7 +155,10 @@ impl MarkedEventReceiver for IndexBuilder {
             Event::MappingEnd | Event::SequenceEnd => {
                 self.stack.pop();
             }
-            Event::DocumentStart => self.stack.clear(),
+            Event::DocumentStart => {
+                self.stack.clear();
+                self.documents += 1;
+            }
             _ => {}
         }
     }
@@ -174,8 +188,13 @@ impl SourceFile {
     pub fn parse(path: &Path, text: &str) -> Result<SourceFile, LoadError> {
         let positions = PositionIndex::build(text);
         let mut documents = Vec::new();
-        for document in serde_yaml::Deserializer::from_str(text) {
+        for (n, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
             let mut value = Value::deserialize(document).map_err(|e| syntax_error(path, &e, &positions))?;
+            for (_, mode_path, literal) in positions.octal_modes.iter().filter(|(d, ..)| *d == n) {
+                if let Some(v @ Value::Number(_)) = node_mut(&mut value, mode_path) {
+                    *v = Value::String(literal.clone());
+                }
+            }
             // `<<: *anchor` merge keys are a YAML 1.1 feature serde_yaml leaves to us.
             value.apply_merge().map_err(|e| {
                 LoadError::file(path, format!("invalid `<<` merge key: {e}"))
@@ -192,6 +211,14 @@ impl SourceFile {
         let pos = self.positions.locate(path, prefer_key);
         Location { file: self.path.clone(), line: pos.map_or(0, |p| p.line), column: pos.map_or(0, |p| p.column) }
     }
+}
+
+/// The node at `path` in `value`, if there is one.
+fn node_mut<'a>(value: &'a mut Value, path: &KeyPath) -> Option<&'a mut Value> {
+    path.segments().iter().try_fold(value, |node, segment| match segment {
+        Segment::Key(key) => node.get_mut(key.as_str()),
+        Segment::Index(i) => node.get_mut(*i),
+    })
 }
 
 fn syntax_error(path: &Path, error: &serde_yaml::Error, positions: &PositionIndex) -> LoadError {
@@ -255,6 +282,18 @@ mod tests {
         assert_eq!(y["a"], Value::from(1));
         assert_eq!(y["b"], Value::from(3));
         assert!(y.get("<<").is_none());
+    }
+
+    #[test]
+    fn keeps_yaml12_octal_file_modes_as_written() {
+        let text = "a: 1\n---\nsecrets:\n  - {source: s, mode: 0o440}\n  - {source: t, mode: 0440}\nother: 0o17\n";
+        let file = SourceFile::parse(Path::new("c.yaml"), text).unwrap();
+        let secrets = &file.documents[1]["secrets"];
+        assert_eq!(secrets[0]["mode"], Value::String("0o440".into()));
+        // serde_yaml keeps a leading-zero number as the string it is.
+        assert_eq!(secrets[1]["mode"], Value::String("0440".into()));
+        // Only file modes: other integers keep serde_yaml's reading.
+        assert_eq!(file.documents[1]["other"], Value::from(15));
     }
 
     #[test]

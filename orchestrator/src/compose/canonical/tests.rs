@@ -187,3 +187,62 @@ fn wrong_types_name_what_was_expected() {
     let e = canon_err("services: [a]");
     assert_eq!(e.path.to_string(), "services");
 }
+
+#[test]
+fn null_label_values_are_empty_labels_but_null_environment_stays_unset() {
+    let doc = canon("services: {s: {labels: {a: , b: 42}, environment: {A: }, sysctls: {k: }}}");
+    assert_eq!(service(&doc, "labels"), yaml("{a: '', b: '42'}"));
+    assert_eq!(service(&doc, "environment"), yaml("{A: null}"));
+    assert_eq!(service(&doc, "sysctls"), yaml("{k: ''}"));
+    let doc = canon("volumes: {v: {driver_opts: {o: }}}");
+    assert_eq!(doc["volumes"]["v"]["driver_opts"], yaml("{o: ''}"));
+}
+
+#[test]
+fn service_network_driver_opts_become_strings() {
+    let doc = canon("services: {s: {networks: {n: {driver_opts: {baz: 1, on: true}}, m: }}}");
+    assert_eq!(service(&doc, "networks"), yaml("{n: {driver_opts: {baz: '1', on: 'true'}}, m: null}"));
+}
+
+#[test]
+fn develop_watch_rules_take_short_forms() {
+    let doc = canon(
+        "services: {s: {develop: {watch: [{path: ./src, action: sync+exec, include: '*.go', ignore: tmp/, \
+         exec: {command: app reload, environment: [A=1]}}]}}}",
+    );
+    let rule = &service(&doc, "develop")["watch"][0];
+    assert_eq!(rule["include"], yaml("['*.go']"));
+    assert_eq!(rule["ignore"], yaml("[tmp/]"));
+    assert_eq!(rule["exec"], yaml("{command: [app, reload], environment: {A: '1'}}"));
+}
+
+#[test]
+fn device_requests_take_list_options_and_numeric_ids() {
+    let doc = canon(
+        "services: {s: {deploy: {resources: {reservations: {devices: [{capabilities: [gpu], device_ids: [0, 1], \
+         options: [a=b]}]}}}, gpus: [{driver: nvidia, count: 1, options: {x: 1}}]}}",
+    );
+    let device = &service(&doc, "deploy")["resources"]["reservations"]["devices"][0];
+    assert_eq!(device["device_ids"], yaml("['0', '1']"));
+    assert_eq!(device["options"], yaml("{a: b}"));
+    assert_eq!(service(&doc, "gpus")[0]["options"], yaml("{x: '1'}"));
+    assert_eq!(service(&canon("services: {s: {gpus: all}}"), "gpus"), yaml("all"));
+}
+
+#[test]
+fn volume_targets_are_cleaned() {
+    let doc = canon(
+        r#"services: {s: {volumes: ["./html:/var/www/html/", "data:/a//b/./c", {type: tmpfs, target: /t/}, 'C:\x:C:\y']}}"#,
+    );
+    let targets: Vec<Value> =
+        service(&doc, "volumes").as_sequence().unwrap().iter().map(|v| v["target"].clone()).collect();
+    assert_eq!(targets, vec![yaml("/var/www/html"), yaml("/a/b/c"), yaml("/t"), yaml(r"'C:\y'")]);
+}
+
+#[test]
+fn pre_start_hooks_and_no_cache_filter_take_short_forms() {
+    let doc =
+        canon("services: {s: {pre_start: [{command: echo hi, environment: [A]}], build: {no_cache_filter: base}}}");
+    assert_eq!(service(&doc, "pre_start"), yaml("[{command: [echo, hi], environment: {A: null}}]"));
+    assert_eq!(service(&doc, "build")["no_cache_filter"], yaml("[base]"));
+}

@@ -1,0 +1,61 @@
+//! The cluster state as a Raft state machine: commands arrive as bytes, are decoded and applied
+//! to [`ClusterState`]; every apply bumps a watch so that the orchestration loop, the dispatcher
+//! and watchers wake up. The encoding lives here alone (JSON today), so changing it is local.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::store::command::{Command, CommandResult};
+use crate::store::raft::StateMachine;
+use crate::store::state::ClusterState;
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// The state machine the Raft driver applies commands to.
+pub struct ClusterMachine {
+    pub state: ClusterState,
+    changes: watch::Sender<u64>,
+}
+
+impl ClusterMachine {
+    /// A machine and the receiver that sees the applied index after every change.
+    pub fn new() -> (ClusterMachine, watch::Receiver<u64>) {
+        let (changes, rx) = watch::channel(0);
+        (ClusterMachine { state: ClusterState::default(), changes }, rx)
+    }
+
+    fn notify(&self) {
+        self.changes.send_replace(self.state.applied_index);
+    }
+}
+
+impl StateMachine for ClusterMachine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        let result = match decode::<Command>(command) {
+            Ok(command) => self.state.apply(command),
+            // A command this version cannot read changes nothing, on every member alike.
+            Err(e) => CommandResult { error: Some(format!("unreadable command: {e}")), ..CommandResult::default() },
+        };
+        self.state.applied_index = index;
+        self.notify();
+        encode(&result)
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        encode(&self.state)
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), String> {
+        self.state = decode(data)?;
+        self.notify();
+        Ok(())
+    }
+}

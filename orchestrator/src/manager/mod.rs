@@ -1,0 +1,8 @@
+//! A manager: the store (Raft + cluster state machine), the orchestration loop, and the gRPC
+//! services (Control for the CLI, Dispatcher for agents) on one listener.
+
+pub mod cluster;
+pub mod machine;
+pub mod orchestrate;
+
+pub use cluster::{Cluster, ClusterError};

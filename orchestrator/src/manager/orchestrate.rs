@@ -1,0 +1,47 @@
+//! The leader's orchestration loop: after every change (and on a short tick, for restart delays
+//! and heartbeat deadlines) run the reconciler and the scheduler over the current state and
+//! propose what they decide. Followers idle; a new leader picks up where the old one stopped,
+//! because the decisions depend only on the replicated state.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::cluster::{now, Cluster};
+use crate::reconciler::reconcile;
+use crate::scheduler::schedule;
+
+/// How often the loop runs without a change (time-based decisions: restart delays).
+pub const TICK: Duration = Duration::from_millis(250);
+
+pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = cluster.subscribe();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = tick.tick() => {}
+        }
+        if *shutdown.borrow() {
+            return;
+        }
+        if !cluster.is_leader() {
+            continue;
+        }
+        let at = now();
+        let commands = cluster.read(|state| {
+            let mut commands = reconcile(state, at);
+            commands.extend(schedule(state, at));
+            commands
+        });
+        if commands.is_empty() {
+            continue;
+        }
+        if let Err(e) = cluster.propose_all(commands).await {
+            // Lost leadership or a slow disk: the next round decides again from fresh state.
+            tracing::debug!("orchestration round not applied: {e}");
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The reconciler: desired services → the task set that realizes them.
+//!
+//! A pure function over a snapshot of the state: [`reconcile`] returns the commands that move
+//! the state one step towards what the services ask for, and nothing once it is there. It runs
+//! on the leader after every change; applying its output and running it again converges.
+//!
+//! Rules, per service:
+//! - replicated: slots `1..=replicas` each hold one task that should run; slots above are
+//!   removed (so scaling down removes the highest slots first);
+//! - global: one task per eligible node (ready and active), pinned to it;
+//! - a task made from an older configuration (hash changed, or `--force-recreate`) is removed
+//!   and a new one created in its slot — the scheduler starts it once the old container is gone;
+//! - a finished task is replaced per the restart policy; a task whose node went down always is;
+//! - services and stacks being removed lose their tasks, then are forgotten.
+
+pub mod restart;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::store::command::{Command, NewTask};
+use crate::store::state::{
+    Availability, ClusterState, DesiredState, Millis, NodeStatus, ServiceMode, ServiceRecord, Task, TaskId, TaskState,
+};
+
+use restart::RestartPolicy;
+
+/// The commands that bring `state` one step closer to the desired state. Empty when converged.
+pub fn reconcile(state: &ClusterState, now: Millis) -> Vec<Command> {
+    let mut plan = Plan::default();
+    orphan_tasks_of_down_nodes(state, &mut plan);
+    for service in state.services.values() {
+        if service.removing {
+            remove_all(state, service, &mut plan);
+            continue;
+        }
+        match service.mode {
+            ServiceMode::Replicated | ServiceMode::ReplicatedJob => reconcile_replicated(state, service, &mut plan),
+            ServiceMode::Global | ServiceMode::GlobalJob => reconcile_global(state, service, &mut plan),
+        }
+    }
+    forget_finished(state, &mut plan);
+    plan.into_commands(now)
+}
+
+#[derive(Default)]
+struct Plan {
+    orphans: Vec<TaskId>,
+    remove: BTreeSet<TaskId>,
+    create: Vec<NewTask>,
+    forget_tasks: Vec<TaskId>,
+    forget_services: Vec<crate::store::state::ServiceId>,
+    forget_stacks: Vec<String>,
+}
+
+impl Plan {
+    /// Commands in an order that keeps each one valid: removals before the creations that
+    /// reuse their slots.
+    fn into_commands(self, now: Millis) -> Vec<Command> {
+        let mut commands = Vec::new();
+        if !self.orphans.is_empty() {
+            commands.push(Command::OrphanTasks { tasks: self.orphans, message: "its node is down".into(), at: now });
+        }
+        if !self.remove.is_empty() {
+            let tasks = self.remove.into_iter().map(|id| (id, DesiredState::Remove)).collect();
+            commands.push(Command::SetDesiredState { tasks, at: now });
+        }
+        if !self.create.is_empty() {
+            commands.push(Command::CreateTasks { tasks: self.create, at: now });
+        }
+        if !self.forget_tasks.is_empty() {
+            commands.push(Command::ForgetTasks { tasks: self.forget_tasks });
+        }
+        if !self.forget_services.is_empty() {
+            commands.push(Command::ForgetServices { services: self.forget_services });
+        }
+        if !self.forget_stacks.is_empty() {
+            commands.push(Command::ForgetStacks { stacks: self.forget_stacks });
+        }
+        commands
+    }
+}
+
+/// Tasks placed on a node that is down will never report again.
+fn orphan_tasks_of_down_nodes(state: &ClusterState, plan: &mut Plan) {
+    for task in state.tasks.values() {
+        let Some(node) = task.node.as_ref().and_then(|n| state.nodes.get(n)) else { continue };
+        if node.status == NodeStatus::Down && task.state.is_active() {
+            plan.orphans.push(task.id);
+        }
+    }
+}
+
+/// The task a slot's replacement logic looks at: the newest one that should run.
+fn is_wanted(task: &Task) -> bool {
+    task.desired == DesiredState::Running
+}
+
+fn is_outdated(task: &Task, service: &ServiceRecord) -> bool {
+    task.config_hash != service.config_hash || task.service_version < service.force_recreate_below
+}
+
+fn reconcile_replicated(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
+    let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+    for task in state.service_tasks(&service.id).filter(|t| is_wanted(t)) {
+        slots.entry(task.slot).or_default().push(task);
+    }
+    let policy = RestartPolicy::of(&service.spec);
+    for slot in 1..=service.replicas {
+        let tasks = slots.remove(&slot).unwrap_or_default();
+        reconcile_slot(service, &policy, slot, None, &tasks, plan);
+    }
+    // Slots beyond the replica count (scale down), and slot 0 left over from global mode.
+    for task in slots.into_values().flatten() {
+        plan.remove.insert(task.id);
+    }
+}
+
+fn reconcile_global(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
+    let eligible: BTreeSet<&str> = state
+        .nodes
+        .values()
+        .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
+        .filter(|n| crate::scheduler::constraints::node_matches(&service.spec, n))
+        .map(|n| n.id.as_str())
+        .collect();
+    let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+    for task in state.service_tasks(&service.id).filter(|t| is_wanted(t)) {
+        match task.node.as_deref() {
+            Some(node) if eligible.contains(node) && task.slot == 0 => by_node.entry(node).or_default().push(task),
+            // Its node was drained, went down or no longer fits: the task goes.
+            _ => {
+                plan.remove.insert(task.id);
+            }
+        }
+    }
+    let policy = RestartPolicy::of(&service.spec);
+    for node in eligible {
+        let tasks = by_node.remove(node).unwrap_or_default();
+        reconcile_slot(service, &policy, 0, Some(node), &tasks, plan);
+    }
+}
+
+/// Makes one slot (or one node of a global service) hold exactly one suitable task.
+fn reconcile_slot(
+    service: &ServiceRecord,
+    policy: &RestartPolicy,
+    slot: u64,
+    node: Option<&str>,
+    tasks: &[&Task],
+    plan: &mut Plan,
+) {
+    let new_task = |restarts: u32, not_before: Millis| NewTask {
+        service: service.id.clone(),
+        slot,
+        node: node.map(str::to_string),
+        restarts,
+        not_before,
+    };
+    let Some(newest) = tasks.iter().max_by_key(|t| t.id) else {
+        plan.create.push(new_task(0, 0));
+        return;
+    };
+    // Duplicates (possible only after a manager failover mid-decision) keep the newest.
+    for older in tasks.iter().filter(|t| t.id != newest.id) {
+        plan.remove.insert(older.id);
+    }
+    if is_outdated(newest, service) {
+        plan.remove.insert(newest.id);
+        plan.create.push(new_task(0, 0));
+        return;
+    }
+    if newest.state == TaskState::Orphaned {
+        plan.remove.insert(newest.id);
+        plan.create.push(new_task(newest.restarts, 0));
+        return;
+    }
+    if newest.state.is_terminal() && policy.should_restart(newest) {
+        plan.remove.insert(newest.id);
+        plan.create.push(new_task(newest.restarts + 1, policy.next_start(newest)));
+    }
+}
+
+fn remove_all(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
+    let mut any = false;
+    for task in state.service_tasks(&service.id) {
+        any = true;
+        if task.desired != DesiredState::Remove {
+            plan.remove.insert(task.id);
+        }
+    }
+    if !any {
+        plan.forget_services.push(service.id.clone());
+    }
+}
+
+/// Forgets tasks whose containers are gone, and stacks whose services are gone.
+fn forget_finished(state: &ClusterState, plan: &mut Plan) {
+    for task in state.tasks.values() {
+        if task.desired != DesiredState::Remove {
+            continue;
+        }
+        let node_down =
+            task.node.as_ref().and_then(|n| state.nodes.get(n)).is_none_or(|n| n.status == NodeStatus::Down);
+        let never_placed = task.node.is_none() || task.state == TaskState::Pending;
+        if task.state == TaskState::Removed || never_placed || (node_down && task.state.is_terminal()) {
+            plan.forget_tasks.push(task.id);
+        }
+    }
+    for stack in state.stacks.values().filter(|s| s.removing) {
+        if state.stack_services(&stack.name).next().is_none() {
+            plan.forget_stacks.push(stack.name.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+use super::*;
+use crate::scheduler::tests::{agents_run_everything, converge, deploy, state_with};
+use crate::store::command::StatusUpdate;
+use crate::store::state::{ServiceId, TaskState};
+
+fn live(state: &ClusterState, service: &str) -> Vec<Task> {
+    let id = ServiceId::new("p", service);
+    let mut tasks: Vec<Task> =
+        state.service_tasks(&id).filter(|t| t.desired == DesiredState::Running).cloned().collect();
+    tasks.sort_by_key(|t| t.slot);
+    tasks
+}
+
+#[test]
+fn creates_one_task_per_slot_and_is_idempotent() {
+    let state = state_with(&["n1"], &[("web", "image: x", 3)]);
+    let commands = reconcile(&state, 5);
+    assert_eq!(commands.len(), 1);
+    let Command::CreateTasks { tasks, .. } = &commands[0] else { panic!("{commands:?}") };
+    assert_eq!(tasks.iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2, 3]);
+    let mut state = state;
+    for c in commands {
+        state.apply(c);
+    }
+    assert!(reconcile(&state, 5).is_empty(), "converged state yields nothing");
+}
+
+#[test]
+fn scales_down_from_the_highest_slots() {
+    let mut state = state_with(&["n1"], &[("web", "image: x", 4)]);
+    converge(&mut state, 0);
+    state.apply(Command::ScaleService { service: ServiceId::new("p", "web"), replicas: 2, at: 1 });
+    converge(&mut state, 1);
+    assert_eq!(live(&state, "web").iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2]);
+    state.apply(Command::ScaleService { service: ServiceId::new("p", "web"), replicas: 0, at: 1 });
+    converge(&mut state, 1);
+    assert!(live(&state, "web").is_empty());
+    state.apply(Command::ScaleService { service: ServiceId::new("p", "web"), replicas: 2, at: 1 });
+    converge(&mut state, 1);
+    assert_eq!(live(&state, "web").len(), 2, "scaling back up from 0");
+}
+
+#[test]
+fn only_changed_services_are_replaced() {
+    let mut state = state_with(&["n1"], &[("web", "image: x", 1), ("db", "image: d", 1)]);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    let before_db = live(&state, "db")[0].id;
+    let before_web = live(&state, "web")[0].id;
+    deploy(&mut state, &[("web", "image: x:2", 1), ("db", "image: d", 1)]);
+    converge(&mut state, 0);
+    assert_eq!(live(&state, "db")[0].id, before_db, "unchanged service keeps its task");
+    assert_ne!(live(&state, "web")[0].id, before_web, "changed service gets a new task");
+}
+
+#[test]
+fn force_recreate_replaces_unchanged_services() {
+    let mut state = state_with(&["n1"], &[("db", "image: d", 1)]);
+    converge(&mut state, 0);
+    let before = live(&state, "db")[0].id;
+    state.apply(Command::DeployStack {
+        stack: "p".into(),
+        project: Box::default(),
+        services: vec![crate::store::command::ServiceDeployment {
+            name: "db".into(),
+            spec: crate::scheduler::tests::spec("image: d"),
+            config_hash: "image: d".into(),
+            mode: ServiceMode::Replicated,
+            replicas: 1,
+        }],
+        remove_orphans: false,
+        only: vec![],
+        recreate: crate::store::command::RecreatePolicy::Force,
+        at: 1,
+    });
+    converge(&mut state, 1);
+    assert_ne!(live(&state, "db")[0].id, before);
+}
+
+fn finish(state: &mut ClusterState, task: &Task, code: i64, at: u64) {
+    state.apply(Command::ReportStatus {
+        updates: vec![StatusUpdate {
+            task: task.id,
+            node: task.node.clone().unwrap(),
+            state: if code == 0 { TaskState::Complete } else { TaskState::Failed },
+            container_id: None,
+            exit_code: Some(code),
+            health: None,
+            message: format!("exited with code {code}"),
+            ports: Vec::new(),
+        }],
+        at,
+    });
+}
+
+#[test]
+fn restarts_failed_tasks_per_policy_with_a_delay() {
+    let mut state = state_with(&["n1"], &[("w", "{image: x, restart: 'on-failure:2'}", 1)]);
+    converge(&mut state, 0);
+    let first = live(&state, "w")[0].clone();
+    finish(&mut state, &first, 1, 1_000);
+    converge(&mut state, 1_000);
+    let second = live(&state, "w")[0].clone();
+    assert_ne!(second.id, first.id);
+    assert_eq!(second.restarts, 1);
+    assert_eq!(second.not_before, 1_100, "docker-like backoff");
+    assert_eq!(second.state, TaskState::Pending, "held until the old container is gone and the delay passed");
+    agents_run_everything(&mut state);
+    converge(&mut state, 2_000);
+    let second = live(&state, "w")[0].clone();
+    assert_eq!(second.state, TaskState::Assigned, "{second:#?}\n{:#?}", state.tasks);
+    finish(&mut state, &second, 1, 3_000);
+    converge(&mut state, 3_000);
+    let third = live(&state, "w")[0].clone();
+    assert_eq!(third.restarts, 2);
+    agents_run_everything(&mut state);
+    converge(&mut state, 9_000);
+    let third = live(&state, "w")[0].clone();
+    finish(&mut state, &third, 1, 10_000);
+    converge(&mut state, 10_000);
+    let last = live(&state, "w")[0].clone();
+    assert_eq!((last.id, last.state), (third.id, TaskState::Failed), "max attempts reached: stays failed");
+}
+
+#[test]
+fn successful_one_shot_task_stays_complete() {
+    let mut state = state_with(&["n1"], &[("migrate", "image: m", 1)]);
+    converge(&mut state, 0);
+    let task = live(&state, "migrate")[0].clone();
+    finish(&mut state, &task, 0, 1);
+    converge(&mut state, 1);
+    assert_eq!(live(&state, "migrate")[0].id, task.id);
+    assert!(reconcile(&state, 1).is_empty());
+}
+
+#[test]
+fn tasks_of_a_down_node_are_replaced_elsewhere() {
+    let mut state = state_with(&["a", "b"], &[("web", "image: x", 2)]);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    state.apply(Command::SetNodeStatus {
+        node: "a".into(),
+        status: NodeStatus::Down,
+        message: "missed heartbeats".into(),
+        at: 1,
+    });
+    converge(&mut state, 1);
+    let tasks = live(&state, "web");
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().all(|t| t.node.as_deref() == Some("b")), "{tasks:#?}");
+    assert!(state.tasks.values().all(|t| t.node.as_deref() != Some("a")), "orphans of the dead node are forgotten");
+}
+
+#[test]
+fn global_services_follow_nodes() {
+    let mut state = state_with(&["a", "b"], &[("agent", "{image: x, deploy: {mode: global}}", 0)]);
+    converge(&mut state, 0);
+    assert_eq!(live(&state, "agent").len(), 2);
+    state.apply(Command::RegisterNode { node: Box::new(crate::scheduler::tests::node("c")) });
+    converge(&mut state, 0);
+    assert_eq!(live(&state, "agent").len(), 3, "a joining node gets one");
+    state.apply(Command::SetNodeAvailability { node: "a".into(), availability: Availability::Drain, at: 0 });
+    converge(&mut state, 0);
+    let nodes: Vec<_> = live(&state, "agent").iter().map(|t| t.node.clone().unwrap()).collect();
+    assert_eq!(nodes, ["b", "c"]);
+}
+
+#[test]
+fn removing_a_stack_removes_everything_then_forgets_it() {
+    let mut state = state_with(&["n1"], &[("web", "image: x", 2), ("db", "image: d", 1)]);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, at: 1 });
+    converge(&mut state, 1);
+    assert!(state.tasks.values().all(|t| t.desired == DesiredState::Remove));
+    agents_run_everything(&mut state);
+    converge(&mut state, 2);
+    assert!(state.tasks.is_empty());
+    assert!(state.services.is_empty());
+    assert!(state.stacks.is_empty());
+}

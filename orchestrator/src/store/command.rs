@@ -1,0 +1,458 @@
+//! Commands: the only way the cluster state changes. Each is proposed to Raft, and applied in
+//! log order by every manager. Application is deterministic: no clocks, no randomness, no I/O —
+//! timestamps travel in the command (`at`), ids come from counters in the state.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::{
+    Availability, ClusterState, DesiredState, Health, Millis, Node, NodeId, NodeStatus, ServiceId, ServiceMode,
+    ServiceRecord, Stack, Task, TaskId, TaskState,
+};
+use crate::compose::model::Service;
+
+/// A service as `up` asks for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceDeployment {
+    pub name: String,
+    pub spec: Service,
+    pub config_hash: String,
+    pub mode: ServiceMode,
+    pub replicas: u64,
+}
+
+/// How `up` treats services whose containers already exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecreatePolicy {
+    /// Replace only services whose configuration changed.
+    #[default]
+    Changed,
+    /// `--force-recreate`: replace all.
+    Force,
+    /// `--no-recreate`: keep existing containers even if their configuration changed.
+    Never,
+}
+
+/// What an agent observed about one of its tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub task: TaskId,
+    /// The node reporting; a report from a node the task is not on is ignored.
+    pub node: NodeId,
+    pub state: TaskState,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub health: Option<Health>,
+    pub message: String,
+    /// Published ports as bound (`0.0.0.0:8080->80/tcp`).
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+/// A task the reconciler wants created (ids are assigned when applied).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    pub service: ServiceId,
+    pub slot: u64,
+    /// Pinned to a node (global services), or `None` for the scheduler to choose.
+    pub node: Option<NodeId>,
+    pub restarts: u32,
+    pub not_before: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// `up`: create or update a stack and its services.
+    DeployStack {
+        stack: String,
+        project: Box<crate::compose::model::Project>,
+        services: Vec<ServiceDeployment>,
+        /// Services of the stack that `up` did not name are removed (`--remove-orphans`).
+        remove_orphans: bool,
+        /// Only these services are (re)deployed (`up web`); empty means all.
+        only: Vec<String>,
+        recreate: RecreatePolicy,
+        at: Millis,
+    },
+    /// `down`: remove every service of the stack; the stack goes once its tasks are gone.
+    RemoveStack {
+        stack: String,
+        remove_volumes: bool,
+        at: Millis,
+    },
+    ScaleService {
+        service: ServiceId,
+        replicas: u64,
+        at: Millis,
+    },
+    /// Drop records whose tasks are all gone (issued by the reconciler).
+    ForgetServices {
+        services: Vec<ServiceId>,
+    },
+    ForgetStacks {
+        stacks: Vec<String>,
+    },
+    /// A node joined, or re-registered with new facts (resources, labels, engine).
+    RegisterNode {
+        node: Box<Node>,
+    },
+    SetNodeStatus {
+        node: NodeId,
+        status: NodeStatus,
+        message: String,
+        at: Millis,
+    },
+    SetNodeAvailability {
+        node: NodeId,
+        availability: Availability,
+        at: Millis,
+    },
+    CreateTasks {
+        tasks: Vec<NewTask>,
+        at: Millis,
+    },
+    AssignTasks {
+        assignments: Vec<(TaskId, NodeId)>,
+        at: Millis,
+    },
+    /// Reasons for tasks that stay where they are (pending: why not placed).
+    SetTaskMessages {
+        messages: Vec<(TaskId, String)>,
+        at: Millis,
+    },
+    SetDesiredState {
+        tasks: Vec<(TaskId, DesiredState)>,
+        at: Millis,
+    },
+    /// Tasks whose node is gone: they will not report again.
+    OrphanTasks {
+        tasks: Vec<TaskId>,
+        message: String,
+        at: Millis,
+    },
+    /// Batched agent reports.
+    ReportStatus {
+        updates: Vec<StatusUpdate>,
+        at: Millis,
+    },
+    ForgetTasks {
+        tasks: Vec<TaskId>,
+    },
+}
+
+/// What applying a command tells its proposer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    /// Ids of tasks created by the command.
+    pub created_tasks: Vec<TaskId>,
+    /// Something the proposer should tell the user (e.g. "no such service").
+    pub error: Option<String>,
+}
+
+impl CommandResult {
+    fn error(message: impl Into<String>) -> Self {
+        CommandResult { error: Some(message.into()), ..CommandResult::default() }
+    }
+}
+
+impl ClusterState {
+    /// Applies one command. Invalid references are answered with an error and change nothing.
+    pub fn apply(&mut self, command: Command) -> CommandResult {
+        match command {
+            Command::DeployStack { stack, project, services, remove_orphans, only, recreate, at } => {
+                self.deploy_stack(stack, *project, services, remove_orphans, &only, recreate, at)
+            }
+            Command::RemoveStack { stack, remove_volumes, at } => self.remove_stack(&stack, remove_volumes, at),
+            Command::ScaleService { service, replicas, at } => match self.services.get_mut(&service) {
+                Some(record) if !record.removing => {
+                    record.replicas = replicas;
+                    record.updated_at = at;
+                    CommandResult::default()
+                }
+                _ => CommandResult::error(format!("no such service: {service}")),
+            },
+            Command::ForgetServices { services } => {
+                for id in services {
+                    let has_tasks = self.tasks.values().any(|t| t.service == id);
+                    if !has_tasks && self.services.get(&id).is_some_and(|s| s.removing) {
+                        self.services.remove(&id);
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::ForgetStacks { stacks } => {
+                for name in stacks {
+                    let has_services = self.services.keys().any(|s| s.stack == name);
+                    if !has_services && self.stacks.get(&name).is_some_and(|s| s.removing) {
+                        self.stacks.remove(&name);
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::RegisterNode { node } => {
+                let node = *node;
+                match self.nodes.get_mut(&node.id) {
+                    // A returning node keeps the availability an operator set.
+                    Some(existing) => {
+                        let availability = existing.availability;
+                        *existing = Node { availability, ..node };
+                    }
+                    None => {
+                        self.nodes.insert(node.id.clone(), node);
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::SetNodeStatus { node, status, message, at } => self.with_node(&node, |n| {
+                n.status = status;
+                n.status_message = message;
+                n.updated_at = at;
+            }),
+            Command::SetNodeAvailability { node, availability, at } => self.with_node(&node, |n| {
+                n.availability = availability;
+                n.updated_at = at;
+            }),
+            Command::CreateTasks { tasks, at } => self.create_tasks(tasks, at),
+            Command::AssignTasks { assignments, at } => {
+                for (id, node) in assignments {
+                    if let Some(task) = self.tasks.get_mut(&id) {
+                        // Only a still-pending task can be placed, and a pinned one only on its
+                        // node; a decision made on stale state is dropped.
+                        let pinned_elsewhere = task.node.as_ref().is_some_and(|n| *n != node);
+                        if task.state == TaskState::Pending
+                            && task.desired == DesiredState::Running
+                            && !pinned_elsewhere
+                        {
+                            task.node = Some(node);
+                            task.state = TaskState::Assigned;
+                            task.message = String::new();
+                            task.updated_at = at;
+                        }
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::SetTaskMessages { messages, at } => {
+                for (id, message) in messages {
+                    if let Some(task) = self.tasks.get_mut(&id) {
+                        task.message = message;
+                        task.updated_at = at;
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::SetDesiredState { tasks, at } => {
+                for (id, desired) in tasks {
+                    if let Some(task) = self.tasks.get_mut(&id) {
+                        // Desired state only moves forward: Running → Shutdown → Remove.
+                        if desired > task.desired {
+                            task.desired = desired;
+                            task.updated_at = at;
+                        }
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::OrphanTasks { tasks, message, at } => {
+                for id in tasks {
+                    if let Some(task) = self.tasks.get_mut(&id) {
+                        if !task.state.is_terminal() {
+                            task.state = TaskState::Orphaned;
+                            task.message = message.clone();
+                            task.updated_at = at;
+                        }
+                    }
+                }
+                CommandResult::default()
+            }
+            Command::ReportStatus { updates, at } => {
+                for update in updates {
+                    self.report_status(update, at);
+                }
+                CommandResult::default()
+            }
+            Command::ForgetTasks { tasks } => {
+                for id in tasks {
+                    self.tasks.remove(&id);
+                }
+                CommandResult::default()
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deploy_stack(
+        &mut self,
+        name: String,
+        project: crate::compose::model::Project,
+        services: Vec<ServiceDeployment>,
+        remove_orphans: bool,
+        only: &[String],
+        recreate: RecreatePolicy,
+        at: Millis,
+    ) -> CommandResult {
+        let stack = self.stacks.entry(name.clone()).or_insert_with(|| Stack {
+            name: name.clone(),
+            project: project.clone(),
+            created_at: at,
+            updated_at: at,
+            removing: false,
+            remove_volumes: false,
+        });
+        stack.project = project;
+        stack.updated_at = at;
+        stack.removing = false;
+        let deployed: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+        for deployment in services {
+            if !only.is_empty() && !only.contains(&deployment.name) {
+                continue;
+            }
+            let id = ServiceId::new(name.clone(), deployment.name.clone());
+            match self.services.get_mut(&id) {
+                None => {
+                    self.services.insert(
+                        id.clone(),
+                        ServiceRecord {
+                            id,
+                            spec: deployment.spec,
+                            config_hash: deployment.config_hash,
+                            mode: deployment.mode,
+                            replicas: deployment.replicas,
+                            version: 1,
+                            force_recreate_below: 0,
+                            removing: false,
+                            created_at: at,
+                            updated_at: at,
+                        },
+                    );
+                }
+                Some(record) => {
+                    let changed = record.config_hash != deployment.config_hash || record.removing;
+                    record.replicas = deployment.replicas;
+                    record.mode = deployment.mode;
+                    record.removing = false;
+                    record.updated_at = at;
+                    match recreate {
+                        RecreatePolicy::Never => {}
+                        RecreatePolicy::Changed if !changed => {}
+                        RecreatePolicy::Changed | RecreatePolicy::Force => {
+                            record.version += 1;
+                            record.spec = deployment.spec;
+                            record.config_hash = deployment.config_hash;
+                            if recreate == RecreatePolicy::Force {
+                                record.force_recreate_below = record.version;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if remove_orphans {
+            for record in self.services.values_mut().filter(|s| s.id.stack == name && !deployed.contains(&s.id.service))
+            {
+                record.removing = true;
+                record.updated_at = at;
+            }
+        }
+        CommandResult::default()
+    }
+
+    fn remove_stack(&mut self, name: &str, remove_volumes: bool, at: Millis) -> CommandResult {
+        let Some(stack) = self.stacks.get_mut(name) else {
+            return CommandResult::error(format!("no such stack: {name}"));
+        };
+        stack.removing = true;
+        stack.remove_volumes = remove_volumes;
+        stack.updated_at = at;
+        for record in self.services.values_mut().filter(|s| s.id.stack == name) {
+            record.removing = true;
+            record.updated_at = at;
+        }
+        CommandResult::default()
+    }
+
+    fn with_node(&mut self, id: &str, change: impl FnOnce(&mut Node)) -> CommandResult {
+        match self.nodes.get_mut(id) {
+            Some(node) => {
+                change(node);
+                CommandResult::default()
+            }
+            None => CommandResult::error(format!("no such node: {id}")),
+        }
+    }
+
+    fn create_tasks(&mut self, tasks: Vec<NewTask>, at: Millis) -> CommandResult {
+        let mut created = Vec::new();
+        for new in tasks {
+            let Some(service) = self.services.get(&new.service) else { continue };
+            if service.removing {
+                continue;
+            }
+            // Never two live tasks in one slot: a reconciler decision made on stale state is
+            // dropped rather than doubling a replica.
+            let occupied = self.tasks.values().any(|t| {
+                t.service == new.service
+                    && t.desired == DesiredState::Running
+                    && !t.state.is_terminal()
+                    && t.slot == new.slot
+                    && (new.slot != 0 || t.node == new.node)
+            });
+            if occupied {
+                continue;
+            }
+            self.next_task_id += 1;
+            let id = self.next_task_id;
+            // Even a pinned task (global service) starts pending: the scheduler still checks
+            // its dependencies and the node's fit before it runs.
+            let state = TaskState::Pending;
+            self.tasks.insert(
+                id,
+                Task {
+                    id,
+                    service: new.service,
+                    slot: new.slot,
+                    desired: DesiredState::Running,
+                    state,
+                    node: new.node,
+                    container_id: None,
+                    exit_code: None,
+                    health: None,
+                    ports: Vec::new(),
+                    message: String::new(),
+                    config_hash: service.config_hash.clone(),
+                    service_version: service.version,
+                    restarts: new.restarts,
+                    not_before: new.not_before,
+                    created_at: at,
+                    updated_at: at,
+                },
+            );
+            created.push(id);
+        }
+        CommandResult { created_tasks: created, error: None }
+    }
+
+    fn report_status(&mut self, update: StatusUpdate, at: Millis) {
+        let Some(task) = self.tasks.get_mut(&update.task) else { return };
+        if task.node.as_deref() != Some(update.node.as_str()) {
+            return;
+        }
+        // A terminal state is final; late or reordered reports cannot revive a task.
+        if task.state.is_terminal() && update.state != TaskState::Removed {
+            return;
+        }
+        task.state = update.state;
+        if update.container_id.is_some() {
+            task.container_id = update.container_id;
+        }
+        if update.exit_code.is_some() {
+            task.exit_code = update.exit_code;
+        }
+        task.health = update.health;
+        task.message = update.message;
+        if !update.ports.is_empty() || task.state.is_terminal() {
+            task.ports = update.ports;
+        }
+        task.updated_at = at;
+    }
+}

@@ -1,0 +1,11 @@
+//! The cluster store: every change is a command proposed to Raft and applied, in log order, to a
+//! replicated state machine.
+//!
+//! - [`state`]: the replicated cluster state (stacks, services, tasks, nodes);
+//! - [`command`]: the commands that change it;
+//! - [`raft`]: the replicated log — a raft-rs driver with durable storage in redb, generic over a
+//!   [`raft::StateMachine`].
+
+pub mod command;
+pub mod raft;
+pub mod state;

@@ -1,0 +1,462 @@
+//! Durable raft log in redb, implementing raft-rs's [`Storage`] trait.
+//!
+//! Layout of `raft.redb` (one file under the state dir):
+//! - table `raft_entries`: log index (u64) → protobuf-encoded `Entry`, for every index in
+//!   `(truncated_index, last_index]`;
+//! - table `raft_meta`: `hard_state`, `snapshot` (protobuf `Snapshot`: metadata with the conf state
+//!   at its index, and the state machine's serialized state), `truncated` (index and term of the
+//!   last compacted entry, 16 bytes big-endian), `node_id` (8 bytes) and `format` (8 bytes).
+//!
+//! The whole non-compacted log, the hard state and the latest snapshot are also kept in memory,
+//! so the `Storage` trait methods that raft-rs calls while stepping never touch the disk; only the
+//! explicit write methods below do, each in one redb transaction committed with
+//! `Durability::Immediate` (fsync) before it returns. Memory stays bounded because the driver
+//! compacts the log every `snapshot_every` applied entries.
+//!
+//! The conf state is only persisted as part of a snapshot: on restart raft-rs starts from the
+//! snapshot's conf state with `applied = snapshot index`, and the conf changes committed after it
+//! are re-applied from the log, exactly like ordinary commands.
+
+use std::path::{Path, PathBuf};
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::StoreError;
+
+const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_SNAPSHOT: &str = "snapshot";
+const KEY_TRUNCATED: &str = "truncated";
+const KEY_NODE_ID: &str = "node_id";
+const KEY_FORMAT: &str = "format";
+const FORMAT_VERSION: u64 = 1;
+
+/// Name of the database file under the state dir.
+pub const DB_FILE: &str = "raft.redb";
+
+/// redb-backed raft storage with an in-memory mirror of the live log (see the module docs).
+pub(crate) struct RedbStorage {
+    db: Database,
+    path: PathBuf,
+    hard_state: HardState,
+    /// Latest snapshot (data included). Index 0 means "none yet" (a node waiting to join).
+    snapshot: Snapshot,
+    truncated_index: u64,
+    truncated_term: u64,
+    /// `entries[i].index == truncated_index + 1 + i`.
+    entries: Vec<Entry>,
+    /// Set when raft asked for a snapshot newer than the stored one; the driver then takes one.
+    snapshot_wanted: std::sync::atomic::AtomicBool,
+}
+
+/// What `open` found on disk.
+pub(crate) enum Opened {
+    /// No raft state yet (new state dir or a node waiting to join).
+    Empty(RedbStorage),
+    /// Existing state: recover from it.
+    Existing(RedbStorage),
+}
+
+fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Db { path: path.to_path_buf(), source: Box::new(e.into()) }
+}
+
+fn decode<M: protobuf::Message>(what: &str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::parse_from_bytes(bytes).map_err(|e| StoreError::Corrupt(format!("cannot decode {what}: {e}")))
+}
+
+fn encode<M: protobuf::Message>(what: &str, m: &M) -> Result<Vec<u8>, StoreError> {
+    m.write_to_bytes().map_err(|e| StoreError::Corrupt(format!("cannot encode {what}: {e}")))
+}
+
+fn u64_pair(bytes: &[u8]) -> Result<(u64, u64), StoreError> {
+    let arr: [u8; 16] = bytes.try_into().map_err(|_| StoreError::Corrupt("bad `truncated` record".into()))?;
+    let (a, b) = arr.split_at(8);
+    let a: [u8; 8] = a.try_into().map_err(|_| StoreError::Corrupt("bad `truncated` record".into()))?;
+    let b: [u8; 8] = b.try_into().map_err(|_| StoreError::Corrupt("bad `truncated` record".into()))?;
+    Ok((u64::from_be_bytes(a), u64::from_be_bytes(b)))
+}
+
+fn pair_bytes(a: u64, b: u64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&a.to_be_bytes());
+    out[8..].copy_from_slice(&b.to_be_bytes());
+    out
+}
+
+fn u64_value(what: &str, bytes: &[u8]) -> Result<u64, StoreError> {
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StoreError::Corrupt(format!("bad `{what}` record")))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+impl RedbStorage {
+    /// Opens (creating if needed) `state_dir/raft.redb` and loads it into memory.
+    pub(crate) fn open(state_dir: &Path, node_id: u64) -> Result<Opened, StoreError> {
+        std::fs::create_dir_all(state_dir)
+            .map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
+        let path = state_dir.join(DB_FILE);
+        let db = match Database::create(&path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path }),
+            Err(e) => return Err(db_err(&path, e)),
+        };
+
+        // Make sure both tables exist so that read transactions can open them.
+        {
+            let txn = db.begin_write().map_err(|e| db_err(&path, e))?;
+            {
+                let mut meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;
+                txn.open_table(ENTRIES).map_err(|e| db_err(&path, e))?;
+                let format = meta.get(KEY_FORMAT).map_err(|e| db_err(&path, e))?.map(|v| v.value().to_vec());
+                match format {
+                    None => {
+                        meta.insert(KEY_FORMAT, FORMAT_VERSION.to_be_bytes().as_slice())
+                            .map_err(|e| db_err(&path, e))?;
+                    }
+                    Some(v) if u64_value(KEY_FORMAT, &v)? == FORMAT_VERSION => {}
+                    Some(v) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "{} has storage format {}, this build reads format {FORMAT_VERSION}",
+                            path.display(),
+                            u64_value(KEY_FORMAT, &v)?
+                        )))
+                    }
+                }
+                let stored_id = meta.get(KEY_NODE_ID).map_err(|e| db_err(&path, e))?.map(|v| v.value().to_vec());
+                match stored_id {
+                    None => {
+                        meta.insert(KEY_NODE_ID, node_id.to_be_bytes().as_slice()).map_err(|e| db_err(&path, e))?;
+                    }
+                    Some(v) => {
+                        let found = u64_value(KEY_NODE_ID, &v)?;
+                        if found != node_id {
+                            return Err(StoreError::IdMismatch { path, found, expected: node_id });
+                        }
+                    }
+                }
+            }
+            txn.commit().map_err(|e| db_err(&path, e))?;
+        }
+
+        let txn = db.begin_read().map_err(|e| db_err(&path, e))?;
+        let meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;
+        let get = |key: &str| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(meta.get(key).map_err(|e| db_err(&path, e))?.map(|v| v.value().to_vec()))
+        };
+        let hard_state: HardState = match get(KEY_HARD_STATE)? {
+            Some(b) => decode("hard state", &b)?,
+            None => HardState::default(),
+        };
+        let snapshot: Snapshot = match get(KEY_SNAPSHOT)? {
+            Some(b) => decode("snapshot", &b)?,
+            None => Snapshot::default(),
+        };
+        let (truncated_index, truncated_term) = match get(KEY_TRUNCATED)? {
+            Some(b) => u64_pair(&b)?,
+            None => (0, 0),
+        };
+        let table = txn.open_table(ENTRIES).map_err(|e| db_err(&path, e))?;
+        let mut entries = Vec::new();
+        for item in table.range((truncated_index + 1)..).map_err(|e| db_err(&path, e))? {
+            let (k, v) = item.map_err(|e| db_err(&path, e))?;
+            let entry: Entry = decode("log entry", v.value())?;
+            let expected = truncated_index + 1 + entries.len() as u64;
+            if k.value() != expected || entry.index != expected {
+                return Err(StoreError::Corrupt(format!(
+                    "raft log has a gap: expected entry {expected}, found key {} holding entry {}",
+                    k.value(),
+                    entry.index
+                )));
+            }
+            entries.push(entry);
+        }
+        drop(table);
+        drop(meta);
+        drop(txn);
+
+        let snap_index = snapshot.get_metadata().index;
+        if snap_index < truncated_index {
+            return Err(StoreError::Corrupt(format!(
+                "snapshot at {snap_index} is older than the compacted log (truncated at {truncated_index})"
+            )));
+        }
+        let storage = RedbStorage {
+            db,
+            path,
+            hard_state,
+            snapshot,
+            truncated_index,
+            truncated_term,
+            entries,
+            snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
+        };
+        if snap_index == 0 && storage.entries.is_empty() && storage.hard_state == HardState::default() {
+            Ok(Opened::Empty(storage))
+        } else {
+            Ok(Opened::Existing(storage))
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub(crate) fn snapshot_ref(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    pub(crate) fn snapshot_index(&self) -> u64 {
+        self.snapshot.get_metadata().index
+    }
+
+    pub(crate) fn first_index_(&self) -> u64 {
+        self.truncated_index + 1
+    }
+
+    pub(crate) fn last_index_(&self) -> u64 {
+        self.entries.last().map_or(self.truncated_index, |e| e.index)
+    }
+
+    /// Whether raft asked for a snapshot newer than the stored one (cleared by the call).
+    pub(crate) fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        let snap = self.snapshot.get_metadata();
+        if idx == snap.index && idx != 0 {
+            return Ok(snap.term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if idx > self.last_index_() {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        Ok(self.entries[(idx - self.truncated_index - 1) as usize].term)
+    }
+
+    /// Persists what one `Ready` asks for — an incoming snapshot, new log entries (replacing any
+    /// conflicting suffix) and the hard state — in one transaction, fsynced before returning.
+    pub(crate) fn persist(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StoreError> {
+        if snapshot.is_none() && entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        // Compute the new in-memory state first, validating, then write it.
+        let mut new_hs = hard_state.cloned().unwrap_or_else(|| self.hard_state.clone());
+        let mut truncated = (self.truncated_index, self.truncated_term);
+        let mut last = self.last_index_();
+        if let Some(snap) = snapshot {
+            let meta = snap.get_metadata();
+            if meta.index < self.snapshot_index() {
+                return Err(StoreError::Corrupt(format!(
+                    "incoming snapshot at {} is older than the local one at {}",
+                    meta.index,
+                    self.snapshot_index()
+                )));
+            }
+            new_hs.term = new_hs.term.max(meta.term);
+            new_hs.commit = new_hs.commit.max(meta.index);
+            truncated = (meta.index, meta.term);
+            last = meta.index;
+        }
+        if let Some(first) = entries.first() {
+            if first.index <= truncated.0 {
+                return Err(StoreError::Corrupt(format!(
+                    "raft asked to overwrite compacted entry {} (log compacted up to {})",
+                    first.index, truncated.0
+                )));
+            }
+            if first.index > last + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "raft asked to append entry {} after last entry {last}: the log would have a gap",
+                    first.index
+                )));
+            }
+        }
+
+        let path = self.path.clone();
+        let mut txn = self.db.begin_write().map_err(|e| db_err(&path, e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| db_err(&path, e))?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(|e| db_err(&path, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;
+            if let Some(snap) = snapshot {
+                table.retain(|_, _| false).map_err(|e| db_err(&path, e))?;
+                meta.insert(KEY_SNAPSHOT, encode("snapshot", snap)?.as_slice()).map_err(|e| db_err(&path, e))?;
+                meta.insert(KEY_TRUNCATED, pair_bytes(truncated.0, truncated.1).as_slice())
+                    .map_err(|e| db_err(&path, e))?;
+            }
+            if let Some(first) = entries.first() {
+                if first.index <= last {
+                    table.retain_in(first.index.., |_, _| false).map_err(|e| db_err(&path, e))?;
+                }
+                for e in entries {
+                    table.insert(e.index, encode("log entry", e)?.as_slice()).map_err(|e| db_err(&path, e))?;
+                }
+            }
+            meta.insert(KEY_HARD_STATE, encode("hard state", &new_hs)?.as_slice()).map_err(|e| db_err(&path, e))?;
+        }
+        txn.commit().map_err(|e| db_err(&path, e))?;
+
+        // Durable: mirror it in memory.
+        if let Some(snap) = snapshot {
+            self.snapshot = snap.clone();
+            self.truncated_index = truncated.0;
+            self.truncated_term = truncated.1;
+            self.entries.clear();
+        }
+        if let Some(first) = entries.first() {
+            let keep = (first.index - self.truncated_index - 1) as usize;
+            self.entries.truncate(keep);
+            self.entries.extend_from_slice(entries);
+        }
+        self.hard_state = new_hs;
+        Ok(())
+    }
+
+    /// Records a commit index learnt from a light ready. Kept in memory only: it is written with the
+    /// next transaction, and a lost commit index is re-learnt from the leader (or re-established by
+    /// a single-node leader) after a restart.
+    pub(crate) fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = self.hard_state.commit.max(commit);
+    }
+
+    /// Stores a snapshot of the state machine taken at `index` (which must be applied, hence
+    /// persisted) and compacts the log up to `index - retain`. One fsynced transaction.
+    pub(crate) fn create_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        data: Vec<u8>,
+        retain: u64,
+    ) -> Result<(), StoreError> {
+        if index <= self.snapshot_index() {
+            return Ok(());
+        }
+        let term =
+            self.term_of(index).map_err(|e| StoreError::Corrupt(format!("no term for snapshot index {index}: {e}")))?;
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        {
+            let meta = snap.mut_metadata();
+            meta.index = index;
+            meta.term = term;
+            meta.set_conf_state(conf_state);
+        }
+        let compact_to = index.saturating_sub(retain).max(self.truncated_index);
+        let compact_term = self
+            .term_of(compact_to)
+            .map_err(|e| StoreError::Corrupt(format!("no term for compaction index {compact_to}: {e}")))?;
+        let mut hs = self.hard_state.clone();
+        hs.commit = hs.commit.max(index);
+
+        let path = self.path.clone();
+        let mut txn = self.db.begin_write().map_err(|e| db_err(&path, e))?;
+        txn.set_durability(Durability::Immediate).map_err(|e| db_err(&path, e))?;
+        {
+            let mut table = txn.open_table(ENTRIES).map_err(|e| db_err(&path, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;
+            meta.insert(KEY_SNAPSHOT, encode("snapshot", &snap)?.as_slice()).map_err(|e| db_err(&path, e))?;
+            meta.insert(KEY_HARD_STATE, encode("hard state", &hs)?.as_slice()).map_err(|e| db_err(&path, e))?;
+            if compact_to > self.truncated_index {
+                table.retain_in(..=compact_to, |_, _| false).map_err(|e| db_err(&path, e))?;
+                meta.insert(KEY_TRUNCATED, pair_bytes(compact_to, compact_term).as_slice())
+                    .map_err(|e| db_err(&path, e))?;
+            }
+        }
+        txn.commit().map_err(|e| db_err(&path, e))?;
+
+        let drop_n = (compact_to - self.truncated_index) as usize;
+        self.entries.drain(..drop_n.min(self.entries.len()));
+        self.truncated_index = compact_to;
+        self.truncated_term = compact_term;
+        self.snapshot = snap;
+        self.hard_state = hs;
+        Ok(())
+    }
+
+    /// Bootstraps a new group: an initial snapshot at index 1, term 1 with the given voters and
+    /// the initial state machine data. Every founding member writes the same one, and a member that
+    /// joins later receives a snapshot first (the log never starts at index 1), so every node learns
+    /// the membership from a snapshot's conf state.
+    pub(crate) fn bootstrap(&mut self, voters: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
+        let mut snap = Snapshot::default();
+        snap.data = data.into();
+        {
+            let meta = snap.mut_metadata();
+            meta.index = 1;
+            meta.term = 1;
+            meta.set_conf_state(ConfState::from((voters.to_vec(), Vec::<u64>::new())));
+        }
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.commit = 1;
+        self.persist(Some(&snap), &[], Some(&hs))
+    }
+}
+
+impl Storage for RedbStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(self.hard_state.clone(), self.snapshot.get_metadata().get_conf_state().clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(RaftStorageError::Compacted));
+        }
+        if high > self.last_index_() + 1 || low > high {
+            return Err(raft::Error::Store(RaftStorageError::Unavailable));
+        }
+        let offset = self.truncated_index + 1;
+        let mut ents = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
+        raft::util::limit_size(&mut ents, max_size.into());
+        Ok(ents)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first_index_())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index_())
+    }
+
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A member refuses a snapshot whose conf state does not include it, so a member added
+        // after the latest snapshot needs a fresh one: ask the driver to take it (raft-rs retries).
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        let includes_to = cs.voters.iter().chain(&cs.learners).chain(&cs.voters_outgoing).any(|&id| id == to);
+        if self.snapshot_index() == 0 || self.snapshot_index() < request_index || !includes_to {
+            self.snapshot_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
+            return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
+        }
+        Ok(self.snapshot.clone())
+    }
+}

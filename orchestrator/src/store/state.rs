@@ -1,0 +1,255 @@
+//! The cluster state the Raft log replicates: stacks, services, tasks and nodes.
+//!
+//! Everything here is plain data. It changes only by applying a [`Command`] (see `command.rs`),
+//! deterministically: commands carry their own timestamps, so every manager that applies the
+//! same log reaches the same state.
+//!
+//! [`Command`]: super::command::Command
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::compose::model::{Project, Service};
+
+/// Milliseconds since the Unix epoch, as stamped by the leader into a command.
+pub type Millis = u64;
+
+/// `<stack>/<service>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceId {
+    pub stack: String,
+    pub service: String,
+}
+
+impl ServiceId {
+    pub fn new(stack: impl Into<String>, service: impl Into<String>) -> Self {
+        ServiceId { stack: stack.into(), service: service.into() }
+    }
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.stack, self.service)
+    }
+}
+
+/// Task ids are assigned by the state machine from a counter, so they are the same everywhere.
+pub type TaskId = u64;
+pub type NodeId = String;
+
+/// A deployed compose project.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stack {
+    pub name: String,
+    /// The normalized project as loaded (services included; their live records are in
+    /// [`ClusterState::services`]).
+    pub project: Project,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// True once `down` asked for removal; the stack disappears when its tasks are gone.
+    pub removing: bool,
+    /// `down -v`: remove named volumes with the stack.
+    pub remove_volumes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    Replicated,
+    Global,
+    /// Runs its replicas to completion once (`replicated-job`, or a service gated on by
+    /// `service_completed_successfully`).
+    ReplicatedJob,
+    GlobalJob,
+}
+
+/// A service as the cluster runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: ServiceId,
+    pub spec: Service,
+    /// Hash of everything in the spec that, when changed, requires new containers.
+    pub config_hash: String,
+    pub mode: ServiceMode,
+    /// Desired replicas (replicated modes).
+    pub replicas: u64,
+    /// Bumped on every spec change; tasks record the version they were made from.
+    pub version: u64,
+    /// `up --force-recreate`: replace tasks made before this version even if the hash matches.
+    pub force_recreate_below: u64,
+    /// Being removed (`down`, or an orphan with `--remove-orphans`): its tasks go, then it.
+    pub removing: bool,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// What the orchestrator wants a task to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Running,
+    /// Stop the container but keep the task record (it is being replaced or scaled away).
+    Shutdown,
+    /// Stop and remove the container, then forget the task.
+    Remove,
+}
+
+/// What the agent last reported (or the scheduler decided, before an agent has the task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Created by the reconciler; not placed yet.
+    Pending,
+    /// Placed on a node; the agent has not reported yet.
+    Assigned,
+    /// The agent is pulling/building the image or creating the container.
+    Preparing,
+    Starting,
+    Running,
+    /// Exited with code 0.
+    Complete,
+    /// Exited non-zero, or could not be started.
+    Failed,
+    /// Stopped because it was asked to.
+    Shutdown,
+    /// Its node went down; the task is lost from the orchestrator's point of view.
+    Orphaned,
+    /// The container is gone (after `Remove`).
+    Removed,
+}
+
+impl TaskState {
+    /// The task has ended and will not run again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Complete | TaskState::Failed | TaskState::Shutdown | TaskState::Orphaned | TaskState::Removed
+        )
+    }
+
+    /// The task holds (or is about to hold) a container on a node.
+    pub fn is_active(self) -> bool {
+        !self.is_terminal() && self != TaskState::Pending
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// One container of a service: a replica slot, or one node of a global service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    pub service: ServiceId,
+    /// Replica number, 1-based (`<project>-<service>-<slot>`). Global tasks use 0.
+    pub slot: u64,
+    pub desired: DesiredState,
+    pub state: TaskState,
+    pub node: Option<NodeId>,
+    pub container_id: Option<String>,
+    pub exit_code: Option<i64>,
+    pub health: Option<Health>,
+    /// Published ports as the engine bound them (`0.0.0.0:8080->80/tcp`), once running.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Why the task is in its state, in words a user understands ("waiting for db to be
+    /// healthy", "0 of 3 nodes fit: ...", "exited with code 1").
+    pub message: String,
+    pub config_hash: String,
+    pub service_version: u64,
+    /// How many times this slot has been restarted (carried over to the replacement task).
+    pub restarts: u32,
+    /// Not placed before this time (restart delay).
+    pub not_before: Millis,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+impl Task {
+    /// `<project>-<service>-<slot>` (or the service's container_name).
+    pub fn container_name(&self, spec: &Service) -> String {
+        match &spec.container_name {
+            Some(name) => name.clone(),
+            None => format!("{}-{}-{}", self.service.stack, self.service.service, self.slot.max(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Availability {
+    /// Takes new tasks.
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks move elsewhere.
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: NodeId,
+    pub hostname: String,
+    pub role: NodeRole,
+    pub availability: Availability,
+    pub status: NodeStatus,
+    /// CPUs in nano-CPUs (1e9 = one CPU) and memory in bytes, as the engine reports.
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    pub labels: BTreeMap<String, String>,
+    pub os: String,
+    pub arch: String,
+    pub engine_version: String,
+    /// Where the agent can be reached (for logs), if it advertises one.
+    pub address: Option<String>,
+    pub status_message: String,
+    pub updated_at: Millis,
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub stacks: BTreeMap<String, Stack>,
+    pub services: BTreeMap<ServiceId, ServiceRecord>,
+    pub tasks: BTreeMap<TaskId, Task>,
+    pub nodes: BTreeMap<NodeId, Node>,
+    /// The next task id to hand out.
+    pub next_task_id: TaskId,
+    /// Raft index of the last applied command (0 before any).
+    pub applied_index: u64,
+}
+
+impl ClusterState {
+    pub fn service_tasks<'a>(&'a self, service: &'a ServiceId) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| &t.service == service)
+    }
+
+    pub fn stack_services<'a>(&'a self, stack: &'a str) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
+        self.services.values().filter(move |s| s.id.stack == stack)
+    }
+
+    pub fn node_tasks<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks.values().filter(move |t| t.node.as_deref() == Some(node))
+    }
+}
