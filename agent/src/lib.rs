@@ -3,7 +3,9 @@
 
 pub mod engine;
 pub mod labels;
+pub mod logs;
 pub mod runner;
+pub mod session;
 pub mod spec;
 
 pub use engine::{Engine, EngineError};

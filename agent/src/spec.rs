@@ -358,3 +358,19 @@ pub enum PullPolicy {
     /// Always build, even when the image exists.
     Build,
 }
+
+/// Everything an agent needs to run one task: the networks and volumes to ensure, the image to
+/// make available, and the container to create. The manager sends it inside an assignment as JSON
+/// ([`TaskSpec::FORMAT`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub networks: Vec<NetworkSpec>,
+    pub volumes: Vec<VolumeSpec>,
+    pub image: ImageSpec,
+    pub container: ContainerSpec,
+}
+
+impl TaskSpec {
+    /// `Assignment.spec_format` of a JSON-encoded `TaskSpec`.
+    pub const FORMAT: &'static str = "shoal.taskspec.v1+json";
+}

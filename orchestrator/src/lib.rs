@@ -1,7 +1,11 @@
 pub mod cli;
 pub mod compose;
+pub mod dispatcher;
 pub mod graph;
 pub mod manager;
 pub mod reconciler;
 pub mod scheduler;
 pub mod store;
+pub mod wire;
+pub mod controlapi;
+pub mod embedded;

@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::engine::{
     ContainerState, ContainerStatus, Engine, EngineError, EngineEvent, EngineResult, EventFilter, EventKind,
-    HealthStatus, ImageReady, ImageSource, LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome,
+    EngineInfo, HealthStatus, ImageReady, ImageSource, LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome,
     WaitCondition, WaitOutcome,
 };
 use crate::labels;
@@ -65,6 +65,7 @@ struct State {
     pullable: HashSet<String>,
     /// Wall-clock stand-in for event timestamps; increases by one per event.
     clock: i64,
+    info: EngineInfo,
 }
 
 struct MockContainer {
@@ -83,7 +84,21 @@ impl Default for MockEngine {
 impl MockEngine {
     pub fn new() -> Self {
         let (events, _) = broadcast::channel(4096);
-        MockEngine { inner: Arc::new(Inner { state: Mutex::new(State::default()), events }) }
+        let info = EngineInfo {
+            hostname: "mock".into(),
+            nano_cpus: 4_000_000_000,
+            memory_bytes: 8 << 30,
+            engine_version: "mock".into(),
+            ..EngineInfo::default()
+        };
+        let state = State { info, ..State::default() };
+        MockEngine { inner: Arc::new(Inner { state: Mutex::new(state), events }) }
+    }
+
+    /// What `info` reports (default: host `mock`, 4 CPUs, 8 GiB, this machine's OS/arch).
+    pub fn set_info(&self, info: EngineInfo) -> &Self {
+        self.lock().info = info;
+        self
     }
 
     /// Containers created from `image` behave like this (default: start at once, run forever).
@@ -430,23 +445,45 @@ impl Engine for MockEngine {
         Ok(())
     }
 
-    fn logs(&self, id: &str, _opts: LogOptions) -> BoxStream<'static, EngineResult<LogChunk>> {
-        let lines = {
+    /// The behaviour's lines (the last `tail` of them); with `timestamps`, each prefixed like
+    /// Docker's (`<RFC 3339 time> `); with `follow`, the stream stays open until the container
+    /// stops or is removed.
+    fn logs(&self, id: &str, opts: LogOptions) -> BoxStream<'static, EngineResult<LogChunk>> {
+        let found = {
             let st = self.lock();
-            match Self::resolve(&st, id) {
-                Ok(id) => Ok(st.containers[&id].behavior.logs.clone()),
-                Err(e) => Err(e),
-            }
+            Self::resolve(&st, id).map(|id| {
+                let c = &st.containers[&id];
+                (c.behavior.logs.clone(), c.state.subscribe())
+            })
         };
-        match lines {
-            Ok(lines) => stream::iter(
-                lines
-                    .into_iter()
-                    .map(|l| Ok(LogChunk { stream: LogStream::Stdout, data: Bytes::from(format!("{l}\n")) })),
-            )
-            .boxed(),
-            Err(e) => stream::once(async move { Err(e) }).boxed(),
+        let (lines, mut state) = match found {
+            Ok(found) => found,
+            Err(e) => return stream::once(async move { Err(e) }).boxed(),
+        };
+        let skip = opts.tail.map_or(0, |n| lines.len().saturating_sub(n as usize));
+        let chunks: Vec<EngineResult<LogChunk>> = lines
+            .into_iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, l)| {
+                let text = if opts.timestamps {
+                    format!("2024-01-01T00:00:{:02}.000000000Z {l}\n", i % 60)
+                } else {
+                    format!("{l}\n")
+                };
+                Ok(LogChunk { stream: LogStream::Stdout, data: Bytes::from(text) })
+            })
+            .collect();
+        let printed = stream::iter(chunks);
+        if !opts.follow {
+            return printed.boxed();
         }
+        let until_stopped = stream::once(async move {
+            // Ends when the container stops, or when it is removed (the sender is dropped).
+            let _ = state.wait_for(|s| !s.is_running() && s.status != ContainerStatus::Created).await;
+        })
+        .filter_map(|()| std::future::ready(None));
+        printed.chain(until_stopped).boxed()
     }
 
     async fn events(&self, filter: EventFilter) -> EngineResult<BoxStream<'static, EngineResult<EngineEvent>>> {
@@ -481,6 +518,10 @@ impl Engine for MockEngine {
         let id = Self::resolve(&st, id)?;
         let state = st.containers[&id].state.borrow().clone();
         Ok(state)
+    }
+
+    async fn info(&self) -> EngineResult<EngineInfo> {
+        Ok(self.lock().info.clone())
     }
 
     async fn list(&self, labels: &[(&str, &str)]) -> EngineResult<Vec<ContainerState>> {

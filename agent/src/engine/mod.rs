@@ -72,4 +72,7 @@ pub trait Engine: Send + Sync + 'static {
 
     /// All containers (running or not) carrying every given label.
     fn list(&self, labels: &[(&str, &str)]) -> impl Future<Output = EngineResult<Vec<ContainerState>>> + Send;
+
+    /// The host's facts (name, CPUs, memory, OS/arch, engine version), for node registration.
+    fn info(&self) -> impl Future<Output = EngineResult<EngineInfo>> + Send;
 }

@@ -160,3 +160,47 @@ pub enum ImageSource {
     Built,
     Pulled,
 }
+
+/// Facts about the engine's host, reported when the node registers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineInfo {
+    /// The engine host's name.
+    pub hostname: String,
+    /// CPUs in units of 10^-9 (4 CPUs is 4_000_000_000).
+    pub nano_cpus: u64,
+    pub memory_bytes: u64,
+    /// `linux`, `windows`.
+    pub os: String,
+    /// Go-style architecture names, as image platforms use them: `amd64`, `arm64`, ...
+    pub arch: String,
+    pub engine_version: String,
+}
+
+impl Default for EngineInfo {
+    fn default() -> Self {
+        EngineInfo {
+            hostname: "localhost".into(),
+            nano_cpus: 1_000_000_000,
+            memory_bytes: 1 << 30,
+            os: std::env::consts::OS.into(),
+            arch: normalize_arch(std::env::consts::ARCH),
+            engine_version: String::new(),
+        }
+    }
+}
+
+/// `x86_64` → `amd64`, `aarch64` → `arm64`, ...: the names `platform:` and placement
+/// constraints use (the engine and Rust report the kernel's names).
+pub fn normalize_arch(arch: &str) -> String {
+    match arch {
+        "x86_64" | "x86-64" => "amd64",
+        "aarch64" => "arm64",
+        "i386" | "i686" | "x86" => "386",
+        "armv7l" | "armv7" | "armv6l" | "arm" => "arm",
+        "powerpc64le" | "ppc64le" => "ppc64le",
+        "s390x" => "s390x",
+        "riscv64" | "riscv64gc" => "riscv64",
+        other => other,
+    }
+    .to_string()
+}

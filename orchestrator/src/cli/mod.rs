@@ -4,15 +4,31 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::compose::loader::LoadOptions;
+use crate::compose::loader::{self, LoadOptions, LoadedProject};
 
 pub mod config;
+pub mod connect;
+pub mod converge;
+pub mod down;
+pub mod logs;
+pub mod ls;
+pub mod progress;
+pub mod ps;
+pub mod scale;
+pub mod up;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about = "Compose files on one host or many: a multi-container orchestrator")]
 pub struct Cli {
     #[command(flatten)]
     pub project: ProjectArgs,
+    /// Manager address(es) of a cluster, comma-separated; without it, shoal runs an embedded
+    /// single-node cluster on the local Docker engine
+    #[arg(short = 'H', long = "host", env = "SHOAL_HOST", global = true, value_name = "ADDR")]
+    pub host: Option<String>,
+    /// State directory of the embedded cluster (default: ~/.local/share/shoal)
+    #[arg(long = "state-dir", env = "SHOAL_STATE_DIR", global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,11 +69,67 @@ impl ProjectArgs {
 pub enum Command {
     /// Validate the compose files and print the normalized project
     Config(config::ConfigArgs),
+    /// Create and start the project's containers
+    Up(up::UpArgs),
+    /// Stop and remove the project's containers and networks
+    Down(down::DownArgs),
+    /// List the project's containers
+    Ps(ps::PsArgs),
+    /// Show the containers' output
+    Logs(logs::LogsArgs),
+    /// Set the number of replicas of services
+    Scale(scale::ScaleArgs),
+    /// List the running projects
+    Ls(ls::LsArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    match cli.command {
-        Command::Config(args) => config::run(&cli.project, &args),
+    if let Command::Config(args) = &cli.command {
+        return config::run(&cli.project, args);
+    }
+    let target = connect::Target::new(cli.host.as_deref(), cli.state_dir.clone());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match &cli.command {
+            Command::Config(_) => Ok(0),
+            Command::Up(args) => up::run(&cli.project, &target, args).await,
+            Command::Down(args) => down::run(&cli.project, &target, args).await,
+            Command::Ps(args) => ps::run(&cli.project, &target, args).await,
+            Command::Logs(args) => logs::run(&cli.project, &target, args).await,
+            Command::Scale(args) => scale::run(&cli.project, &target, args).await,
+            Command::Ls(args) => ls::run(&target, args).await,
+        }
+    })
+}
+
+/// Loads the project, printing warnings, or the error (then `None`: exit 1, nothing changed).
+pub fn load_project(args: &ProjectArgs) -> anyhow::Result<Option<LoadedProject>> {
+    let options = args.load_options()?;
+    match loader::load(&options) {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            Ok(Some(loaded))
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// The project name for verbs that only need the name: from the files, or `-p` alone when
+/// there are none (so `shoal -p shop down` works from anywhere).
+pub fn project_name(args: &ProjectArgs) -> anyhow::Result<Option<String>> {
+    let options = args.load_options()?;
+    match loader::load(&options) {
+        Ok(loaded) => Ok(Some(loaded.project.name)),
+        Err(_) if args.project_name.is_some() && args.files.is_empty() => Ok(args.project_name.clone()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(None)
+        }
     }
 }

@@ -4,5 +4,7 @@
 pub mod cluster;
 pub mod machine;
 pub mod orchestrate;
+pub mod server;
 
 pub use cluster::{Cluster, ClusterError};
+pub use server::{Manager, ManagerConfig, ManagerError};

@@ -180,7 +180,21 @@ fn reconcile_slot(
     }
 }
 
+/// Services of the same stack that depend on `service` and still have tasks: removal goes in
+/// reverse dependency order, so `service` waits for them (services of one level go together).
+fn has_live_dependents(state: &ClusterState, service: &ServiceRecord) -> bool {
+    let name = service.id.service.as_str();
+    state.stack_services(&service.id.stack).any(|other| {
+        let depends = other.spec.depends_on.contains_key(name)
+            || other.spec.network_mode.as_deref().and_then(|m| m.strip_prefix("service:")) == Some(name);
+        other.removing && depends && state.service_tasks(&other.id).next().is_some()
+    })
+}
+
 fn remove_all(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
+    if has_live_dependents(state, service) {
+        return;
+    }
     let mut any = false;
     for task in state.service_tasks(&service.id) {
         any = true;

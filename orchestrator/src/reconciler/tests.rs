@@ -179,3 +179,43 @@ fn removing_a_stack_removes_everything_then_forgets_it() {
     assert!(state.services.is_empty());
     assert!(state.stacks.is_empty());
 }
+
+#[test]
+fn removal_goes_in_reverse_dependency_order() {
+    let mut state = state_with(
+        &["n1"],
+        &[
+            ("web", "{image: x, depends_on: {api: {condition: service_started}}}", 1),
+            ("api", "{image: y, depends_on: {db: {condition: service_started}}}", 1),
+            ("db", "image: d", 1),
+        ],
+    );
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, at: 1 });
+    let removing = |state: &ClusterState| -> Vec<String> {
+        let mut names: Vec<String> = state
+            .tasks
+            .values()
+            .filter(|t| t.desired == DesiredState::Remove)
+            .map(|t| t.service.service.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    converge(&mut state, 1);
+    assert_eq!(removing(&state), ["web"], "dependents go first");
+    agents_run_everything(&mut state);
+    converge(&mut state, 1);
+    assert_eq!(removing(&state), ["api"]);
+    agents_run_everything(&mut state);
+    converge(&mut state, 1);
+    assert_eq!(removing(&state), ["db"]);
+    agents_run_everything(&mut state);
+    converge(&mut state, 1);
+    assert!(state.stacks.is_empty());
+}

@@ -13,7 +13,7 @@ use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use crate::engine::{
-    ContainerState, Engine, EngineError, EngineEvent, EngineResult, EventFilter, ImageReady, LogChunk, LogOptions,
+    normalize_arch, ContainerState, Engine, EngineError, EngineEvent, EngineInfo, EngineResult, EventFilter, ImageReady, LogChunk, LogOptions,
     LogStream, ProgressSink, RemoveOptions, StopOutcome, WaitCondition, WaitOutcome,
 };
 use crate::labels;
@@ -372,6 +372,19 @@ impl Engine for DockerEngine {
             }
         }
         Ok(out)
+    }
+
+    async fn info(&self) -> EngineResult<EngineInfo> {
+        let info = self.docker.info().await.map_err(|e| self.err("reading the engine's system info", e))?;
+        let fallback = EngineInfo::default();
+        Ok(EngineInfo {
+            hostname: info.name.filter(|n| !n.is_empty()).unwrap_or(fallback.hostname),
+            nano_cpus: info.ncpu.and_then(|n| u64::try_from(n).ok()).map_or(fallback.nano_cpus, |n| n * 1_000_000_000),
+            memory_bytes: info.mem_total.and_then(|m| u64::try_from(m).ok()).unwrap_or(fallback.memory_bytes),
+            os: info.os_type.filter(|o| !o.is_empty()).unwrap_or(fallback.os),
+            arch: info.architecture.filter(|a| !a.is_empty()).map_or(fallback.arch, |a| normalize_arch(&a)),
+            engine_version: info.server_version.unwrap_or_default(),
+        })
     }
 }
 

@@ -133,6 +133,9 @@ pub(super) fn run<S: StateMachine>(
     let _ = ready.send(());
     let result = driver.run_loop(&rx);
     driver.stop(&rx);
+    // Close the database before saying so: `shutdown()` callers may reopen the state dir at once.
+    drop(driver);
+    status_tx.send_modify(|s| s.running = false);
     result
 }
 
@@ -287,7 +290,6 @@ impl<S: StateMachine> Driver<S> {
             }
         }
         self.publish_status();
-        self.status_tx.send_modify(|s| s.running = false);
     }
 
     fn is_leader(&self) -> bool {
@@ -349,10 +351,11 @@ impl<S: StateMachine> Driver<S> {
         let mut waiters = Vec::with_capacity(proposals.len());
         for (command, reply) in proposals {
             let seq = self.next_seq();
-            let mut entry = Entry::default();
-            entry.data = command.into();
-            entry.context = context(self.id, seq).to_vec().into();
-            entries.push(entry);
+            entries.push(Entry {
+                data: command.into(),
+                context: context(self.id, seq).to_vec().into(),
+                ..Entry::default()
+            });
             waiters.push((seq, reply));
         }
         let mut m = Message::default();
@@ -590,6 +593,7 @@ impl<S: StateMachine> Driver<S> {
 
     /// Answers the proposer of the entry applied at `index`, if it is waiting here.
     fn resolve(&mut self, index: u64, ctx: &[u8], outcome: Outcome) {
+        let mut outcome = Some(outcome);
         while let Some(entry) = self.proposals.first_entry() {
             let at = *entry.key();
             if at > index {
@@ -597,18 +601,18 @@ impl<S: StateMachine> Driver<S> {
             }
             let pending = entry.remove();
             let ours = at == index && parse_context(self.id, ctx) == Some(pending.seq);
-            if !ours {
-                // Another entry took that slot: ours was dropped with our leadership.
-                pending.waiter.fail(ProposeError::LeadershipLost);
-                continue;
-            }
-            match (pending.waiter, &outcome) {
-                (Waiter::Command(tx), Outcome::Command(response)) => drop(tx.send(Ok(response.clone()))),
-                (Waiter::Membership(tx), Outcome::Membership(result)) => {
-                    drop(tx.send(result.clone().map_err(ProposeError::Refused)))
+            let outcome = if ours { outcome.take() } else { None };
+            match (pending.waiter, outcome) {
+                (Waiter::Command(tx), Some(Outcome::Command(response))) => drop(tx.send(Ok(response))),
+                (Waiter::Membership(tx), Some(Outcome::Membership(result))) => {
+                    drop(tx.send(result.map_err(ProposeError::Refused)))
                 }
+                // Another entry took that slot: ours was dropped with our leadership.
+                (waiter, None) => waiter.fail(ProposeError::LeadershipLost),
                 // raft-rs replaced the proposal (e.g. a membership change while another was pending).
-                (waiter, _) => waiter.fail(ProposeError::Refused("raft replaced the proposal with a no-op".into())),
+                (waiter, Some(_)) => {
+                    waiter.fail(ProposeError::Refused("raft replaced the proposal with a no-op".into()))
+                }
             }
         }
     }
@@ -623,10 +627,12 @@ impl<S: StateMachine> Driver<S> {
         if !wanted && self.applied - snapshot_index < self.cfg.snapshot_every {
             return Ok(());
         }
+        let started = Instant::now();
         let data = self.sm.read().unwrap_or_else(PoisonError::into_inner).snapshot();
         let (applied, conf_state, retain) = (self.applied, self.conf_state.clone(), self.cfg.log_retain);
         self.raw.mut_store().create_snapshot(applied, conf_state, data, retain)?;
-        tracing::debug!(target: "shoal::raft", "snapshot at index {applied}; log compacted");
+        tracing::debug!(target: "shoal::raft", "snapshot at index {applied}; log compacted in {:?}", started.elapsed());
+        eprintln!("TMPDEBUG snapshot at index {applied}; log compacted in {:?}", started.elapsed());
         Ok(())
     }
 

@@ -490,8 +490,9 @@ impl RaftHandle {
         }
     }
 
-    /// Stops the driver and waits until it has stopped. Proposals already in the log fail with
-    /// `Indeterminate`, other pending requests with `Stopped`.
+    /// Stops the driver and waits until it has stopped and closed its database (the state dir can
+    /// be reopened at once). Proposals already in the log fail with `Indeterminate`, other pending
+    /// requests with `Stopped`.
     pub async fn shutdown(self) {
         let _ = self.send(Request::Shutdown);
         let mut rx = self.inner.status.clone();

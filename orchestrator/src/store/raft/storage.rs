@@ -352,8 +352,7 @@ impl RedbStorage {
         }
         let term =
             self.term_of(index).map_err(|e| StoreError::Corrupt(format!("no term for snapshot index {index}: {e}")))?;
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
         {
             let meta = snap.mut_metadata();
             meta.index = index;
@@ -397,17 +396,14 @@ impl RedbStorage {
     /// joins later receives a snapshot first (the log never starts at index 1), so every node learns
     /// the membership from a snapshot's conf state.
     pub(crate) fn bootstrap(&mut self, voters: &[u64], data: Vec<u8>) -> Result<(), StoreError> {
-        let mut snap = Snapshot::default();
-        snap.data = data.into();
+        let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
         {
             let meta = snap.mut_metadata();
             meta.index = 1;
             meta.term = 1;
             meta.set_conf_state(ConfState::from((voters.to_vec(), Vec::<u64>::new())));
         }
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.commit = 1;
+        let hs = HardState { term: 1, commit: 1, ..HardState::default() };
         self.persist(Some(&snap), &[], Some(&hs))
     }
 }

@@ -19,8 +19,16 @@ struct Kv {
     map: BTreeMap<String, String>,
     rewrites: u64,
     last_index: u64,
-    /// (index, voters, learners, context) of every applied membership change.
-    memberships: Vec<(u64, Vec<u64>, Vec<u64>, Vec<u8>)>,
+    /// Every applied membership change.
+    memberships: Vec<MembershipEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MembershipEvent {
+    index: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    context: Vec<u8>,
 }
 
 impl StateMachine for Kv {
@@ -46,7 +54,12 @@ impl StateMachine for Kv {
 
     fn apply_membership(&mut self, index: u64, membership: &Membership, context: &[u8]) {
         self.last_index = index;
-        self.memberships.push((index, membership.voters.clone(), membership.learners.clone(), context.to_vec()));
+        self.memberships.push(MembershipEvent {
+            index,
+            voters: membership.voters.clone(),
+            learners: membership.learners.clone(),
+            context: context.to_vec(),
+        });
     }
 }
 
@@ -209,8 +222,8 @@ async fn a_second_driver_on_the_same_state_dir_is_refused() {
     let node = start_single(config(1, dir.path())).await;
     let second = start(config(1, dir.path()), Kv::default(), Arc::new(NoopTransport)).await;
     assert!(matches!(second, Err(StoreError::Locked { .. })), "{:?}", second.err());
-    stop(node).await;
-    // Once stopped, the dir can be reopened, but only by the same id.
+    // Once `shutdown` returns, the dir can be reopened at once, but only by the same id.
+    node.handle.shutdown().await;
     let other = start(config(1, dir.path()), Kv::default(), Arc::new(NoopTransport)).await.unwrap();
     stop(other).await;
     let wrong = RaftConfig { id: 2, ..config(1, dir.path()) };
@@ -501,7 +514,7 @@ async fn members_join_as_learners_are_promoted_and_removed() {
     let last = index_of(&cluster.handle(leader).propose(cmd("after", "changes")).await.unwrap());
     cluster.all_applied(last).await;
     let history = cluster.state(leader).memberships;
-    assert_eq!(history.first().map(|m| m.3.as_slice()), Some(b"10.0.0.4:7000".as_slice()));
+    assert_eq!(history.first().map(|m| m.context.as_slice()), Some(b"10.0.0.4:7000".as_slice()));
     for &id in cluster.nodes.keys() {
         let state = cluster.state(id);
         assert_eq!(state.map, cluster.state(leader).map, "node {id}");

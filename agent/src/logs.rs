@@ -1,0 +1,153 @@
+//! The agent's gRPC `Agent` service: what managers ask of a node directly. Today that is the
+//! output of the containers of some tasks (`shoal logs`), streamed from the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::{self, Stream, StreamExt};
+use shoal_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError, LogOptions, LogStream};
+use crate::labels;
+
+pub type LogChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send + 'static>>;
+
+/// Serves `Agent.Logs` from the engine. Containers are found by their task label, so several
+/// agents sharing one engine each answer for any task (task ids are unique in a cluster).
+pub struct AgentService<E: Engine> {
+    engine: Arc<E>,
+    /// When set, only containers labelled with this node are served.
+    node_id: Option<String>,
+}
+
+impl<E: Engine> AgentService<E> {
+    pub fn new(engine: Arc<E>) -> Self {
+        AgentService { engine, node_id: None }
+    }
+
+    /// Serve only containers of this node.
+    pub fn for_node(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = Some(node_id.into());
+        self
+    }
+
+    pub fn into_server(self) -> pb::agent_server::AgentServer<Self> {
+        pb::agent_server::AgentServer::new(self)
+    }
+}
+
+fn engine_status(e: EngineError) -> Status {
+    match e {
+        EngineError::Unreachable { .. } => Status::unavailable(e.to_string()),
+        EngineError::ContainerNotFound(_) => Status::not_found(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
+    type LogsStream = LogChunkStream;
+
+    async fn logs(&self, request: Request<pb::AgentLogsRequest>) -> Result<Response<LogChunkStream>, Status> {
+        let request = request.into_inner();
+        let options = LogOptions { follow: request.follow, tail: request.tail, timestamps: request.timestamps };
+        let mut streams = Vec::new();
+        let mut missing = Vec::new();
+        for task in request.tasks {
+            let key = task.to_string();
+            let mut filter = vec![(labels::TASK, key.as_str())];
+            if let Some(node) = &self.node_id {
+                filter.push((labels::NODE, node.as_str()));
+            }
+            let found = self.engine.list(&filter).await.map_err(engine_status)?;
+            let Some(container) = found.into_iter().next() else {
+                missing.push(task);
+                continue;
+            };
+            let service = container.labels.get(labels::SERVICE).cloned().unwrap_or_default();
+            let label = Label { task, container_name: container.name.clone(), service };
+            let timestamps = options.timestamps;
+            let chunks = self.engine.logs(&container.id, options.clone()).flat_map(move |item| {
+                let out: Vec<Result<pb::LogChunk, Status>> = match item {
+                    Ok(chunk) => label.chunks(chunk.stream, chunk.data, timestamps).into_iter().map(Ok).collect(),
+                    Err(e) => vec![Err(engine_status(e))],
+                };
+                stream::iter(out)
+            });
+            streams.push(chunks.boxed());
+        }
+        if streams.is_empty() && !missing.is_empty() {
+            let list: Vec<String> = missing.iter().map(u64::to_string).collect();
+            return Err(Status::not_found(format!("no container on this node for task {}", list.join(", "))));
+        }
+        Ok(Response::new(stream::select_all(streams).boxed()))
+    }
+}
+
+/// What every chunk of one container carries.
+struct Label {
+    task: u64,
+    container_name: String,
+    service: String,
+}
+
+impl Label {
+    /// One protocol chunk per engine chunk; with timestamps, one per line, the engine's
+    /// `<RFC 3339> ` line prefix moved into the `timestamp` field.
+    fn chunks(&self, stream: LogStream, data: Bytes, timestamps: bool) -> Vec<pb::LogChunk> {
+        let chunk = |data: Bytes, timestamp: String| pb::LogChunk {
+            task: self.task,
+            container_name: self.container_name.clone(),
+            service: self.service.clone(),
+            stderr: stream == LogStream::Stderr,
+            data: data.to_vec(),
+            timestamp,
+        };
+        if !timestamps {
+            return vec![chunk(data, String::new())];
+        }
+        let mut out = Vec::new();
+        let mut rest = data;
+        while !rest.is_empty() {
+            let end = rest.iter().position(|b| *b == b'\n').map_or(rest.len(), |i| i + 1);
+            let line = rest.split_to(end);
+            match split_timestamp(&line) {
+                Some((timestamp, at)) => out.push(chunk(line.slice(at..), timestamp)),
+                None => out.push(chunk(line, String::new())),
+            }
+        }
+        out
+    }
+}
+
+/// `2024-05-01T12:00:00.123456789Z text` → the timestamp and where the text starts.
+fn split_timestamp(line: &[u8]) -> Option<(String, usize)> {
+    let space = line.iter().take(40).position(|b| *b == b' ')?;
+    let prefix = std::str::from_utf8(&line[..space]).ok()?;
+    let looks_like_time = prefix.len() >= 20
+        && prefix.as_bytes()[..4].iter().all(u8::is_ascii_digit)
+        && prefix.as_bytes()[4] == b'-'
+        && prefix.contains('T');
+    looks_like_time.then(|| (prefix.to_string(), space + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_move_into_their_field_one_chunk_per_line() {
+        let label = Label { task: 3, container_name: "p-web-1".into(), service: "web".into() };
+        let data = Bytes::from_static(b"2024-05-01T12:00:00.123456789Z hello\n2024-05-01T12:00:01.000000000Z world\n");
+        let chunks = label.chunks(LogStream::Stdout, data, true);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].timestamp, "2024-05-01T12:00:00.123456789Z");
+        assert_eq!(chunks[0].data, b"hello\n");
+        assert_eq!(chunks[1].data, b"world\n");
+        assert_eq!((chunks[1].task, chunks[1].service.as_str()), (3, "web"));
+        let plain = label.chunks(LogStream::Stderr, Bytes::from_static(b"no time here\n"), true);
+        assert_eq!((plain[0].timestamp.as_str(), plain[0].stderr), ("", true));
+    }
+}

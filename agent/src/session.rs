@@ -1,0 +1,868 @@
+//! The agent's side of the Dispatcher protocol: register the node, hold a session with a manager,
+//! apply its assignments with the [`TaskRunner`], and report what the containers do.
+//!
+//! ```text
+//!  run_agent ── register ─▶ manager          (node facts from the engine, join token)
+//!     │   ◀── Session stream: complete set, then diffs with sequence numbers
+//!     │── per task: a worker converging on the desired state (prepare+run / stop / stop+remove)
+//!     │── runner statuses → latest per task → UpdateTaskStatus batches
+//!     └── heartbeats (with jitter)
+//! ```
+//!
+//! Failures of the control plane never touch the containers: on any RPC or stream error the
+//! session is dropped, containers keep running, and the agent reconnects with exponential backoff,
+//! trying the managers in order. After reconnecting it re-reports the latest status of every task
+//! (the new leader may have missed some) and converges on the new complete set, removing
+//! containers of tasks the manager no longer gives it (e.g. rescheduled during a partition).
+//! On start, with a known node id, the agent adopts its containers (labelled
+//! `io.shoal.node=<id>`) before it reaches any manager.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use shoal_proto::v1 as pb;
+use tokio::sync::{mpsc, watch, Notify};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::engine::{Engine, EngineError};
+use crate::runner::{self, RunnerError, TaskRunner};
+use crate::spec::TaskSpec;
+
+type Client = pb::dispatcher_client::DispatcherClient<Channel>;
+
+/// How an agent finds and talks to its managers.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Manager addresses (`host:port` or `http://host:port`), tried in order; on failure the
+    /// agent moves to the next one.
+    pub managers: Vec<String>,
+    /// The cluster's join token.
+    pub token: String,
+    /// This node's id, when known (embedded mode, tests). Otherwise it is read from
+    /// `node_id_file`, or assigned by the manager at the first registration.
+    pub node_id: Option<String>,
+    /// Where the assigned node id is kept, so that a restarted agent is the same node and adopts
+    /// its containers.
+    pub node_id_file: Option<PathBuf>,
+    /// The node's name (`--name`); default: the engine host's name.
+    pub name: Option<String>,
+    /// `manager` or `worker`.
+    pub role: String,
+    pub labels: BTreeMap<String, String>,
+    /// Where managers reach this agent's [`crate::logs`] endpoint.
+    pub advertise_addr: Option<String>,
+    /// Heartbeats are sent every `period × (1 − jitter × r)`, `r` uniform in [0, 1), so that
+    /// agents that started together spread out and no heartbeat is ever late.
+    pub heartbeat_jitter: f64,
+    /// Backoff between connection attempts doubles from `min_backoff` up to this.
+    pub max_backoff: Duration,
+    pub min_backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Deadline of unary calls (register, heartbeat, status updates).
+    pub rpc_timeout: Duration,
+    /// Statuses observed within this window are sent in one UpdateTaskStatus call.
+    pub status_batch_window: Duration,
+    pub status_batch_max: usize,
+}
+
+impl AgentConfig {
+    pub fn new(managers: Vec<String>, token: impl Into<String>) -> Self {
+        AgentConfig {
+            managers,
+            token: token.into(),
+            node_id: None,
+            node_id_file: None,
+            name: None,
+            role: "worker".into(),
+            labels: BTreeMap::new(),
+            advertise_addr: None,
+            heartbeat_jitter: 0.2,
+            max_backoff: Duration::from_secs(5),
+            min_backoff: Duration::from_millis(100),
+            connect_timeout: Duration::from_secs(3),
+            rpc_timeout: Duration::from_secs(10),
+            status_batch_window: Duration::from_millis(20),
+            status_batch_max: 1000,
+        }
+    }
+}
+
+/// Why an agent stopped (transient manager failures are retried, never returned).
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no manager address to join")]
+    NoManagers,
+    #[error("invalid manager address {address:?}: {reason}")]
+    BadAddress { address: String, reason: String },
+    #[error("the manager at {manager} refused to register this node: {message}")]
+    Refused { manager: String, message: String },
+    #[error("the manager at {manager} registered this node as {assigned}, but it is {ours}")]
+    IdMismatch { manager: String, assigned: String, ours: String },
+    #[error("cannot prepare the engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("node id file {}: {source}", path.display())]
+    NodeIdFile { path: PathBuf, source: std::io::Error },
+}
+
+/// A failure of one session; the agent reconnects.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{call}: {status}")]
+    Rpc { call: &'static str, status: String },
+    #[error("{0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Fatal(#[from] AgentError),
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> SessionError {
+    move |s| SessionError::Rpc { call, status: format!("{} ({:?})", s.message(), s.code()) }
+}
+
+/// Runs the agent until `shutdown` turns true (containers are left running), or a fatal error:
+/// a refused registration (wrong token), an unusable address, or an engine that cannot be
+/// watched at all.
+pub async fn run_agent<E: Engine>(
+    config: AgentConfig,
+    engine: Arc<E>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    if config.managers.is_empty() {
+        return Err(AgentError::NoManagers);
+    }
+    let endpoints = config
+        .managers
+        .iter()
+        .map(|m| endpoint(m, &config).map(|e| (m.clone(), e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut node_id = match &config.node_id {
+        Some(id) => Some(id.clone()),
+        None => read_node_id(&config).await?,
+    };
+    let mut agent = Agent { config, engine, core: None };
+    if let Some(id) = &node_id {
+        agent.start_core(id).await?;
+    }
+    let mut index = 0;
+    let mut backoff = agent.config.min_backoff;
+    let result = loop {
+        if *shutdown.borrow() {
+            break Ok(());
+        }
+        let (address, endpoint) = &endpoints[index];
+        let mut established = false;
+        let outcome = tokio::select! {
+            outcome = agent.session(address, endpoint, &mut node_id, &mut established) => outcome,
+            _ = shutdown.changed() => break Ok(()),
+        };
+        match outcome {
+            Ok(()) => break Ok(()),
+            Err(SessionError::Fatal(e)) => break Err(e),
+            Err(e) => {
+                tracing::warn!(manager = %address, error = %e, "dispatcher session ended; containers keep running");
+                if established {
+                    // A working session broke: retry the same manager first, from a short backoff.
+                    backoff = agent.config.min_backoff;
+                } else {
+                    index = (index + 1) % endpoints.len();
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.changed() => break Ok(()),
+        }
+        backoff = (backoff * 2).min(agent.config.max_backoff);
+    };
+    if let Some(core) = agent.core.take() {
+        core.stop();
+    }
+    result
+}
+
+fn endpoint(address: &str, config: &AgentConfig) -> Result<Endpoint, AgentError> {
+    let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
+    let bad = |reason: String| AgentError::BadAddress { address: address.to_string(), reason };
+    Ok(Endpoint::from_shared(url)
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(config.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(10)))
+}
+
+async fn read_node_id(config: &AgentConfig) -> Result<Option<String>, AgentError> {
+    let Some(path) = &config.node_id_file else { return Ok(None) };
+    match tokio::fs::read_to_string(path).await {
+        Ok(text) => Ok(Some(text.trim().to_string()).filter(|id| !id.is_empty())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(AgentError::NodeIdFile { path: path.clone(), source }),
+    }
+}
+
+async fn write_node_id(config: &AgentConfig, id: &str) -> Result<(), AgentError> {
+    let Some(path) = &config.node_id_file else { return Ok(()) };
+    let err = |source| AgentError::NodeIdFile { path: path.clone(), source };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir).await.map_err(err)?;
+    }
+    tokio::fs::write(path, format!("{id}\n")).await.map_err(err)
+}
+
+struct Agent<E: Engine> {
+    config: AgentConfig,
+    engine: Arc<E>,
+    core: Option<Arc<Core<E>>>,
+}
+
+impl<E: Engine> Agent<E> {
+    /// Starts the runner for `node_id` and adopts the node's containers.
+    async fn start_core(&mut self, node_id: &str) -> Result<Arc<Core<E>>, AgentError> {
+        if let Some(core) = &self.core {
+            return Ok(core.clone());
+        }
+        let (status_tx, status_rx) = mpsc::channel(1024);
+        let runner = TaskRunner::start(self.engine.clone(), node_id, status_tx).await?;
+        let core = Arc::new(Core {
+            engine: self.engine.clone(),
+            runner,
+            tasks: Mutex::new(HashMap::new()),
+            reports: Reports::default(),
+            network_lock: tokio::sync::Mutex::new(()),
+            image_locks: Mutex::new(HashMap::new()),
+            pump: Mutex::new(None),
+        });
+        let pump = tokio::spawn(pump_statuses(Arc::downgrade(&core), status_rx));
+        *lock(&core.pump) = Some(pump);
+        let adopted = core.runner.adopt().await?;
+        if !adopted.is_empty() {
+            tracing::info!(count = adopted.len(), "adopted this node's containers");
+        }
+        self.core = Some(core.clone());
+        Ok(core)
+    }
+
+    /// One session: register, open the assignment stream, then heartbeat, report and apply
+    /// assignments until something fails.
+    async fn session(
+        &mut self,
+        address: &str,
+        endpoint: &Endpoint,
+        node_id: &mut Option<String>,
+        established: &mut bool,
+    ) -> Result<(), SessionError> {
+        let channel = endpoint.connect().await.map_err(|e| SessionError::Connect(error_chain(&e)))?;
+        let mut client = Client::new(channel).max_decoding_message_size(256 << 20);
+        let info = self.engine.info().await.map_err(|e| SessionError::Fatal(AgentError::Engine(e)))?;
+        let node = pb::Node {
+            id: node_id.clone().unwrap_or_default(),
+            hostname: self.config.name.clone().unwrap_or(info.hostname),
+            role: self.config.role.clone(),
+            nano_cpus: info.nano_cpus,
+            memory_bytes: info.memory_bytes,
+            labels: self.config.labels.clone().into_iter().collect(),
+            os: info.os,
+            arch: info.arch,
+            engine_version: info.engine_version,
+            address: self.config.advertise_addr.clone().unwrap_or_default(),
+            ..pb::Node::default()
+        };
+        let mut request = tonic::Request::new(pb::RegisterRequest { token: self.config.token.clone(), node: Some(node) });
+        request.set_timeout(self.config.rpc_timeout);
+        let registered = match client.register(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
+                return Err(AgentError::Refused { manager: address.to_string(), message: s.message().to_string() }.into())
+            }
+            Err(s) => return Err(rpc("register")(s)),
+        };
+        let id = registered.node_id;
+        match node_id {
+            Some(ours) if *ours != id => {
+                return Err(AgentError::IdMismatch { manager: address.into(), assigned: id, ours: ours.clone() }.into())
+            }
+            Some(_) => {}
+            None => {
+                write_node_id(&self.config, &id).await?;
+                *node_id = Some(id.clone());
+            }
+        }
+        let core = self.start_core(&id).await?;
+        let period = Duration::from_millis(registered.heartbeat_period_ms.max(100));
+        tracing::info!(manager = %address, node = %id, "registered");
+
+        let mut stream = client.session(pb::SessionRequest { node_id: id.clone() }).await.map_err(rpc("session"))?.into_inner();
+        // Whatever the previous manager heard, this one hears everything again.
+        core.reports.resend_all();
+        let config = &self.config;
+        let assignments = async {
+            let mut expected: Option<u64> = None;
+            loop {
+                let Some(message) = stream.message().await.map_err(rpc("session stream"))? else {
+                    return Err(SessionError::Protocol("the manager closed the session".into()));
+                };
+                match expected {
+                    None if !message.complete => {
+                        return Err(SessionError::Protocol("the session did not start with the complete task set".into()))
+                    }
+                    Some(seq) if message.sequence != seq => {
+                        return Err(SessionError::Protocol(format!(
+                            "assignment sequence gap: expected {seq}, got {}",
+                            message.sequence
+                        )))
+                    }
+                    _ => {}
+                }
+                expected = Some(message.sequence + 1);
+                *established = true;
+                core.apply(message);
+            }
+        };
+        tokio::select! {
+            r = assignments => r,
+            r = heartbeat(client.clone(), &id, period, config) => r,
+            r = flush(client.clone(), &id, &core.reports, config) => r,
+        }
+    }
+}
+
+async fn heartbeat(mut client: Client, node_id: &str, mut period: Duration, config: &AgentConfig) -> Result<(), SessionError> {
+    loop {
+        let jitter = config.heartbeat_jitter.clamp(0.0, 1.0) * random_unit();
+        tokio::time::sleep(period.mul_f64(1.0 - jitter)).await;
+        let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id: node_id.to_string() });
+        request.set_timeout(config.rpc_timeout.min(period * 2));
+        let response = client.heartbeat(request).await.map_err(rpc("heartbeat"))?.into_inner();
+        if response.heartbeat_period_ms > 0 {
+            period = Duration::from_millis(response.heartbeat_period_ms.max(100));
+        }
+    }
+}
+
+async fn flush(mut client: Client, node_id: &str, reports: &Reports, config: &AgentConfig) -> Result<(), SessionError> {
+    loop {
+        reports.wait().await;
+        // Let a burst (a whole stack starting) gather into one call.
+        tokio::time::sleep(config.status_batch_window).await;
+        loop {
+            let batch = reports.take(config.status_batch_max.max(1));
+            if batch.is_empty() {
+                break;
+            }
+            let mut request =
+                tonic::Request::new(pb::UpdateTaskStatusRequest { node_id: node_id.to_string(), updates: batch.clone() });
+            request.set_timeout(config.rpc_timeout);
+            match client.update_task_status(request).await {
+                Ok(_) => reports.acked(&batch),
+                Err(s) => {
+                    reports.restore(batch);
+                    return Err(rpc("update task status")(s));
+                }
+            }
+        }
+    }
+}
+
+/// A number in [0, 1) that differs between agents and calls (std's per-instance random hash keys).
+fn random_unit() -> f64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64);
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the manager wants of one task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Desired {
+    Running,
+    Shutdown,
+    Remove,
+}
+
+#[derive(Debug, Clone)]
+struct Wanted {
+    desired: Desired,
+    spec: Option<Arc<TaskSpec>>,
+    /// Why there is no spec (the manager could not build it, or it did not decode).
+    spec_error: Option<String>,
+    /// Whether the manager wants to hear about it (false for containers of tasks it no longer
+    /// gives this node: they are removed silently).
+    report: bool,
+}
+
+struct TaskSlot {
+    wanted: watch::Sender<Wanted>,
+    /// The latest state the runner reported for the task's container (none yet: not created).
+    observed: watch::Sender<Option<runner::TaskState>>,
+}
+
+struct Core<E: Engine> {
+    engine: Arc<E>,
+    runner: TaskRunner<E>,
+    tasks: Mutex<HashMap<u64, Arc<TaskSlot>>>,
+    reports: Reports,
+    /// Serializes network and volume creation: concurrent creates of one name can give the
+    /// engine two networks with that name.
+    network_lock: tokio::sync::Mutex<()>,
+    /// One build/pull per image reference at a time.
+    image_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl<E: Engine> Core<E> {
+    /// Ends the agent's work: workers finish their current step and stop; containers stay.
+    fn stop(&self) {
+        lock(&self.tasks).clear();
+        if let Some(pump) = lock(&self.pump).take() {
+            pump.abort();
+        }
+    }
+
+    fn apply(self: &Arc<Self>, message: pb::Assignments) {
+        if message.complete {
+            let keep: HashSet<u64> = message.changed.iter().map(|a| a.task).collect();
+            let known: Vec<u64> = lock(&self.tasks).keys().copied().collect();
+            let mut stale: Vec<u64> = known.into_iter().filter(|id| !keep.contains(id)).collect();
+            for key in self.runner.tasks() {
+                match key.parse::<u64>() {
+                    Ok(id) if keep.contains(&id) => {}
+                    Ok(id) => stale.push(id),
+                    Err(_) => {
+                        let runner = self.runner.clone();
+                        tokio::spawn(async move {
+                            let _ = runner.stop(&key).await;
+                            if let Err(e) = runner.remove(&key, false).await {
+                                tracing::warn!(task = %key, error = %e, "removing a stray container failed");
+                            }
+                        });
+                    }
+                }
+            }
+            stale.sort_unstable();
+            stale.dedup();
+            for id in stale {
+                tracing::info!(task = id, "removing a container the manager no longer assigns to this node");
+                self.set(id, Wanted { desired: Desired::Remove, spec: None, spec_error: None, report: false });
+            }
+            self.reports.retain(|id| keep.contains(&id));
+        }
+        for a in message.changed {
+            let desired = match pb::DesiredState::try_from(a.desired) {
+                Ok(pb::DesiredState::Running) => Desired::Running,
+                Ok(pb::DesiredState::Shutdown) => Desired::Shutdown,
+                Ok(pb::DesiredState::Remove) => Desired::Remove,
+                Ok(pb::DesiredState::Unspecified) | Err(_) => {
+                    tracing::warn!(task = a.task, desired = a.desired, "assignment with an unknown desired state");
+                    continue;
+                }
+            };
+            let (spec, spec_error) = decode_spec(&a);
+            self.set(a.task, Wanted { desired, spec, spec_error, report: true });
+        }
+        for id in message.removed {
+            self.set(id, Wanted { desired: Desired::Remove, spec: None, spec_error: None, report: false });
+        }
+    }
+
+    /// Updates (or starts) the task's worker.
+    fn set(self: &Arc<Self>, id: u64, wanted: Wanted) {
+        let mut tasks = lock(&self.tasks);
+        if let Some(slot) = tasks.get(&id) {
+            slot.wanted.send_if_modified(|current| {
+                let desired_changed = current.desired != wanted.desired;
+                let gains_spec = current.spec.is_none() && wanted.spec.is_some();
+                let silenced = current.report && !wanted.report;
+                if !(desired_changed || gains_spec || silenced) {
+                    return false;
+                }
+                current.desired = wanted.desired;
+                current.report &= wanted.report;
+                // A removal carries no spec; keep the one we have (health mapping uses it).
+                if wanted.spec.is_some() {
+                    current.spec = wanted.spec.clone();
+                    current.spec_error = None;
+                } else if current.spec.is_none() && wanted.spec_error.is_some() {
+                    current.spec_error = wanted.spec_error.clone();
+                }
+                true
+            });
+            return;
+        }
+        if wanted.desired == Desired::Remove && !wanted.report && !self.runner.tasks().contains(&id.to_string()) {
+            // Nothing here to remove.
+            return;
+        }
+        let (wanted_tx, wanted_rx) = watch::channel(wanted);
+        let (observed, _) = watch::channel(None);
+        let slot = Arc::new(TaskSlot { wanted: wanted_tx, observed });
+        tasks.insert(id, slot.clone());
+        drop(tasks);
+        tokio::spawn(work(self.clone(), id, slot, wanted_rx));
+    }
+
+    fn slot(&self, id: u64) -> Option<Arc<TaskSlot>> {
+        lock(&self.tasks).get(&id).cloned()
+    }
+
+    fn report(&self, task: u64, state: pb::TaskState, message: impl Into<String>) {
+        self.reports.push(pb::TaskStatus {
+            task,
+            state: state as i32,
+            message: message.into(),
+            container_id: self.runner.container_id(&task.to_string()).unwrap_or_default(),
+            ..pb::TaskStatus::default()
+        });
+    }
+
+    /// Networks, volumes and the image, then the container.
+    async fn prepare_and_run(&self, id: u64, spec: &TaskSpec) -> Result<(), String> {
+        self.report(id, pb::TaskState::Preparing, format!("preparing: image {}", spec.image.reference()));
+        {
+            let _guard = self.network_lock.lock().await;
+            for network in &spec.networks {
+                self.engine.ensure_network(network).await.map_err(|e| e.to_string())?;
+            }
+            for volume in &spec.volumes {
+                self.engine.ensure_volume(volume).await.map_err(|e| e.to_string())?;
+            }
+        }
+        let reference = spec.image.reference();
+        let image_lock = lock(&self.image_locks).entry(reference.clone()).or_default().clone();
+        {
+            let _guard = image_lock.lock().await;
+            self.engine.ensure_image(&spec.image, None).await.map_err(|e| e.to_string())?;
+        }
+        self.runner.run(spec.container.clone());
+        Ok(())
+    }
+
+    /// Stops the task's container if it has one; false when there is none.
+    async fn stop_task(&self, id: u64) -> bool {
+        match self.runner.stop(&id.to_string()).await {
+            Ok(_) => true,
+            Err(RunnerError::UnknownTask(_) | RunnerError::NoContainer(_)) => false,
+            Err(RunnerError::Engine(EngineError::ContainerNotFound(_))) => false,
+            Err(e) => {
+                tracing::warn!(task = id, error = %e, "stopping the container failed");
+                true
+            }
+        }
+    }
+
+    fn on_runner_status(&self, status: runner::TaskStatus) {
+        let Ok(id) = status.task_id.parse::<u64>() else { return };
+        let slot = self.slot(id);
+        if let Some(slot) = &slot {
+            slot.observed.send_replace(Some(status.state.clone()));
+        }
+        let wanted = slot.map(|s| s.wanted.borrow().clone());
+        if wanted.as_ref().is_some_and(|w| !w.report) {
+            return;
+        }
+        self.reports.push(translate(id, status, wanted.as_ref()));
+    }
+}
+
+/// One task's worker: converges the container on the desired state, one step at a time, until
+/// the task is removed or the agent stops.
+async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut wanted: watch::Receiver<Wanted>) {
+    let key = id.to_string();
+    let mut started = false;
+    loop {
+        let current = wanted.borrow_and_update().clone();
+        match current.desired {
+            Desired::Running if !started => {
+                started = true;
+                if !core.runner.tasks().contains(&key) {
+                    match (&current.spec, &current.spec_error) {
+                        (Some(spec), _) => match core.prepare_and_run(id, spec).await {
+                            // Wait for the container to exist, so that a stop that follows finds it.
+                            Ok(()) => {
+                                let mut observed = slot.observed.subscribe();
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(120),
+                                    observed.wait_for(|s| s.is_some()),
+                                )
+                                .await;
+                            }
+                            Err(reason) => core.report(id, pb::TaskState::Failed, reason),
+                        },
+                        (None, error) => core.report(
+                            id,
+                            pb::TaskState::Failed,
+                            error.clone().unwrap_or_else(|| "the manager sent no container spec".into()),
+                        ),
+                    }
+                }
+            }
+            Desired::Running => {}
+            Desired::Shutdown => {
+                if !core.stop_task(id).await && current.report {
+                    core.report(id, pb::TaskState::Shutdown, "shut down before a container was created");
+                }
+            }
+            Desired::Remove => {
+                core.stop_task(id).await;
+                let removed = match core.runner.remove(&key, false).await {
+                    Ok(()) | Err(RunnerError::UnknownTask(_)) => true,
+                    Err(e) => {
+                        tracing::warn!(task = id, error = %e, "removing the container failed");
+                        if current.report {
+                            core.report(id, pb::TaskState::Failed, format!("removing the container failed: {e}"));
+                        }
+                        false
+                    }
+                };
+                if removed {
+                    if current.report {
+                        core.report(id, pb::TaskState::Removed, "removed");
+                    }
+                    let mut tasks = lock(&core.tasks);
+                    if tasks.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                        tasks.remove(&id);
+                    }
+                    return;
+                }
+            }
+        }
+        if wanted.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn decode_spec(a: &pb::Assignment) -> (Option<Arc<TaskSpec>>, Option<String>) {
+    if a.spec_format == TaskSpec::FORMAT {
+        match serde_json::from_slice::<TaskSpec>(&a.spec) {
+            Ok(spec) => (Some(Arc::new(spec)), None),
+            Err(e) => (None, Some(format!("the task's container spec does not decode: {e}"))),
+        }
+    } else if a.spec_format == SPEC_ERROR_FORMAT {
+        (None, Some(String::from_utf8_lossy(&a.spec).into_owned()))
+    } else if a.spec_format.is_empty() {
+        (None, None)
+    } else {
+        (None, Some(format!("this agent cannot read container specs in format {:?}", a.spec_format)))
+    }
+}
+
+/// `Assignment.spec_format` of an assignment whose spec the manager could not build: `spec` holds
+/// the reason (UTF-8), which the agent reports as the task's failure.
+pub const SPEC_ERROR_FORMAT: &str = "shoal.taskspec-error.v1+text";
+
+fn has_healthcheck(spec: Option<&TaskSpec>) -> bool {
+    spec.and_then(|s| s.container.healthcheck.as_ref())
+        .is_some_and(|h| !h.disable && h.test.first().map(String::as_str) != Some("NONE"))
+}
+
+/// The runner's view of a container, as the protocol's task status.
+fn translate(task: u64, status: runner::TaskStatus, wanted: Option<&Wanted>) -> pb::TaskStatus {
+    use runner::TaskState as S;
+    let desired = wanted.map_or(Desired::Running, |w| w.desired);
+    let spec = wanted.and_then(|w| w.spec.as_deref());
+    let mut out = pb::TaskStatus {
+        task,
+        container_id: status.container_id.unwrap_or_default(),
+        message: status.message,
+        ..pb::TaskStatus::default()
+    };
+    let (state, health) = match status.state {
+        S::Created | S::Starting => (pb::TaskState::Starting, pb::Health::Unspecified),
+        S::Running if has_healthcheck(spec) => (pb::TaskState::Running, pb::Health::Starting),
+        S::Running => (pb::TaskState::Running, pb::Health::Unspecified),
+        S::Healthy => (pb::TaskState::Running, pb::Health::Healthy),
+        S::Unhealthy => (pb::TaskState::Running, pb::Health::Unhealthy),
+        S::Exited { code } => {
+            out.exit_code = Some(code);
+            (if code == 0 { pb::TaskState::Complete } else { pb::TaskState::Failed }, pb::Health::Unspecified)
+        }
+        S::Failed { .. } => (pb::TaskState::Failed, pb::Health::Unspecified),
+    };
+    // An exit the manager asked for is a shutdown, not a failure.
+    let state = if desired != Desired::Running && matches!(state, pb::TaskState::Complete | pb::TaskState::Failed) {
+        out.message = format!("shut down ({})", out.message);
+        pb::TaskState::Shutdown
+    } else {
+        state
+    };
+    out.state = state as i32;
+    out.health = health as i32;
+    out
+}
+
+/// Forwards the runner's statuses into the report queue, for the agent's lifetime.
+async fn pump_statuses<E: Engine>(core: std::sync::Weak<Core<E>>, mut rx: mpsc::Receiver<runner::TaskStatus>) {
+    while let Some(status) = rx.recv().await {
+        let Some(core) = core.upgrade() else { return };
+        core.on_runner_status(status);
+    }
+}
+
+/// Task statuses waiting to be sent: only the latest per task matters, so a burst of changes
+/// collapses into one update per task.
+#[derive(Default)]
+struct Reports {
+    state: Mutex<ReportState>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct ReportState {
+    pending: BTreeMap<u64, pb::TaskStatus>,
+    /// The last status of every task, re-sent after reconnecting.
+    latest: HashMap<u64, pb::TaskStatus>,
+}
+
+fn is_removed(s: &pb::TaskStatus) -> bool {
+    s.state == pb::TaskState::Removed as i32
+}
+
+impl Reports {
+    fn push(&self, status: pb::TaskStatus) {
+        let mut st = lock(&self.state);
+        // Removed is final: a late status from the container's last moments must not replace it.
+        if st.latest.get(&status.task).is_some_and(is_removed) {
+            return;
+        }
+        st.latest.insert(status.task, status.clone());
+        st.pending.insert(status.task, status);
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    async fn wait(&self) {
+        if lock(&self.state).pending.is_empty() {
+            self.wake.notified().await;
+        }
+    }
+
+    fn take(&self, max: usize) -> Vec<pb::TaskStatus> {
+        let mut st = lock(&self.state);
+        let ids: Vec<u64> = st.pending.keys().take(max).copied().collect();
+        ids.iter().filter_map(|id| st.pending.remove(id)).collect()
+    }
+
+    /// A batch that did not get through goes back, unless a newer status replaced it meanwhile.
+    fn restore(&self, batch: Vec<pb::TaskStatus>) {
+        let mut st = lock(&self.state);
+        for s in batch {
+            st.pending.entry(s.task).or_insert(s);
+        }
+    }
+
+    /// The manager has these; a removed task needs no re-sending.
+    fn acked(&self, batch: &[pb::TaskStatus]) {
+        let mut st = lock(&self.state);
+        for s in batch.iter().filter(|s| is_removed(s)) {
+            if !st.pending.contains_key(&s.task) {
+                st.latest.remove(&s.task);
+            }
+        }
+    }
+
+    fn resend_all(&self) {
+        let mut st = lock(&self.state);
+        let latest: Vec<pb::TaskStatus> = st.latest.values().cloned().collect();
+        for s in latest {
+            st.pending.entry(s.task).or_insert(s);
+        }
+        let any = !st.pending.is_empty();
+        drop(st);
+        if any {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Forgets tasks the manager no longer assigns here.
+    fn retain(&self, keep: impl Fn(u64) -> bool) {
+        let mut st = lock(&self.state);
+        st.latest.retain(|id, _| keep(*id));
+        st.pending.retain(|id, _| keep(*id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(desired: Desired) -> Wanted {
+        Wanted { desired, spec: None, spec_error: None, report: true }
+    }
+
+    fn status(state: runner::TaskState) -> runner::TaskStatus {
+        runner::TaskStatus { task_id: "7".into(), container_id: Some("c".into()), state, message: "m".into() }
+    }
+
+    #[test]
+    fn exits_map_to_complete_failed_or_shutdown() {
+        let running = wanted(Desired::Running);
+        let s = translate(7, status(runner::TaskState::Exited { code: 0 }), Some(&running));
+        assert_eq!((s.state, s.exit_code), (pb::TaskState::Complete as i32, Some(0)));
+        let s = translate(7, status(runner::TaskState::Exited { code: 3 }), Some(&running));
+        assert_eq!((s.state, s.exit_code), (pb::TaskState::Failed as i32, Some(3)));
+        let s = translate(7, status(runner::TaskState::Failed { reason: "no such image".into() }), None);
+        assert_eq!(s.state, pb::TaskState::Failed as i32);
+        let stopping = wanted(Desired::Shutdown);
+        let s = translate(7, status(runner::TaskState::Exited { code: 143 }), Some(&stopping));
+        assert_eq!((s.state, s.exit_code), (pb::TaskState::Shutdown as i32, Some(143)));
+    }
+
+    #[test]
+    fn running_carries_health() {
+        let mut w = wanted(Desired::Running);
+        let s = translate(7, status(runner::TaskState::Running), Some(&w));
+        assert_eq!((s.state, s.health), (pb::TaskState::Running as i32, pb::Health::Unspecified as i32));
+        let mut spec = TaskSpec::default();
+        spec.container.healthcheck =
+            Some(crate::spec::HealthcheckSpec { test: vec!["CMD".into(), "true".into()], ..Default::default() });
+        w.spec = Some(Arc::new(spec));
+        let s = translate(7, status(runner::TaskState::Running), Some(&w));
+        assert_eq!(s.health, pb::Health::Starting as i32);
+        let s = translate(7, status(runner::TaskState::Healthy), Some(&w));
+        assert_eq!((s.state, s.health), (pb::TaskState::Running as i32, pb::Health::Healthy as i32));
+        let s = translate(7, status(runner::TaskState::Created), Some(&w));
+        assert_eq!(s.state, pb::TaskState::Starting as i32);
+    }
+
+    #[test]
+    fn reports_keep_the_latest_and_never_replace_removed() {
+        let reports = Reports::default();
+        let st = |task, state: pb::TaskState| pb::TaskStatus { task, state: state as i32, ..Default::default() };
+        reports.push(st(1, pb::TaskState::Starting));
+        reports.push(st(1, pb::TaskState::Running));
+        reports.push(st(2, pb::TaskState::Removed));
+        reports.push(st(2, pb::TaskState::Failed));
+        let batch = reports.take(10);
+        assert_eq!(batch, vec![st(1, pb::TaskState::Running), st(2, pb::TaskState::Removed)]);
+        reports.restore(batch.clone());
+        assert_eq!(reports.take(1), vec![st(1, pb::TaskState::Running)]);
+        assert_eq!(reports.take(10), vec![st(2, pb::TaskState::Removed)]);
+        reports.acked(&batch);
+        reports.resend_all();
+        // Task 2 was acknowledged as removed: only task 1 is re-sent.
+        assert_eq!(reports.take(10), vec![st(1, pb::TaskState::Running)]);
+    }
+}

@@ -1,0 +1,220 @@
+//! When is `up` done? A pure judgement over the tasks the manager reports, so it can be tested
+//! without a cluster. `up -d` waits until every container has started (dependencies permitting);
+//! `up --wait` until every service is running, healthy where it has a healthcheck, and one-shot
+//! services have exited 0.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shoal_proto::v1 as pb;
+
+use crate::compose::model::Project;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Goal {
+    Started,
+    Healthy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Converged,
+    Waiting,
+    /// Per service, why it cannot converge.
+    Failed(Vec<(String, String)>),
+}
+
+/// Messages the scheduler gives pending tasks that will not resolve by waiting.
+const PERMANENT: [&str; 2] = ["did not complete successfully", "has no healthcheck"];
+
+pub fn evaluate(
+    project: &Project,
+    services: &BTreeSet<String>,
+    tasks: &BTreeMap<u64, pb::Task>,
+    goal: Goal,
+) -> Verdict {
+    let mut failures = Vec::new();
+    let mut waiting = false;
+    for name in services {
+        let Some(spec) = project.services.get(name) else { continue };
+        let current: Vec<&pb::Task> = tasks
+            .values()
+            .filter(|t| t.service.as_ref().is_some_and(|s| &s.service == name))
+            .filter(|t| t.desired == pb::DesiredState::Running as i32)
+            .collect();
+        let global = spec.deploy.as_ref().and_then(|d| d.mode.as_deref()).is_some_and(|m| m.starts_with("global"));
+        if !global && (current.len() as u64) < spec.replicas() {
+            waiting = true;
+            continue;
+        }
+        let has_healthcheck = spec.healthcheck.as_ref().is_some_and(|h| {
+            h.disable != Some(true) && h.test.as_ref().is_none_or(|t| t.first().map(String::as_str) != Some("NONE"))
+        });
+        for task in current {
+            match task_verdict(task, goal, has_healthcheck) {
+                Verdict::Converged => {}
+                Verdict::Waiting => waiting = true,
+                Verdict::Failed(reasons) => failures.extend(reasons.into_iter().map(|(_, r)| (name.clone(), r))),
+            }
+        }
+    }
+    if !failures.is_empty() {
+        failures.sort();
+        failures.dedup();
+        Verdict::Failed(failures)
+    } else if waiting {
+        Verdict::Waiting
+    } else {
+        Verdict::Converged
+    }
+}
+
+fn task_verdict(task: &pb::Task, goal: Goal, has_healthcheck: bool) -> Verdict {
+    let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
+    let fail = |reason: String| Verdict::Failed(vec![(String::new(), format!("{}: {reason}", task.container_name))]);
+    match state {
+        pb::TaskState::Complete if task.exit_code.unwrap_or(0) == 0 => Verdict::Converged,
+        pb::TaskState::Complete | pb::TaskState::Failed => {
+            let reason = if task.message.is_empty() {
+                format!("exited with code {}", task.exit_code.unwrap_or(-1))
+            } else {
+                task.message.clone()
+            };
+            fail(reason)
+        }
+        pb::TaskState::Running => {
+            let healthy = task.health == pb::Health::Healthy as i32;
+            if goal == Goal::Started || !has_healthcheck || healthy {
+                Verdict::Converged
+            } else {
+                Verdict::Waiting
+            }
+        }
+        pb::TaskState::Pending if PERMANENT.iter().any(|p| task.message.contains(p)) => fail(task.message.clone()),
+        _ => Verdict::Waiting,
+    }
+}
+
+/// Why the services are not converged yet, for the timeout message.
+pub fn still_waiting(services: &BTreeSet<String>, tasks: &BTreeMap<u64, pb::Task>) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in tasks.values().filter(|t| t.desired == pb::DesiredState::Running as i32) {
+        let Some(service) = task.service.as_ref().map(|s| s.service.clone()).filter(|s| services.contains(s)) else {
+            continue;
+        };
+        out.push((service, format!("{}: {}", task.container_name, describe(task))));
+    }
+    out.sort();
+    out
+}
+
+/// `running (healthy)`, `pending: waiting for db to be healthy`, `exited (0)`.
+pub fn describe(task: &pb::Task) -> String {
+    let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
+    let mut text = match state {
+        pb::TaskState::Complete | pb::TaskState::Failed => format!("exited ({})", task.exit_code.unwrap_or(-1)),
+        other => other.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase(),
+    };
+    match pb::Health::try_from(task.health).unwrap_or(pb::Health::Unspecified) {
+        pb::Health::Unspecified => {}
+        h => text.push_str(&format!(" ({})", h.as_str_name().trim_start_matches("HEALTH_").to_lowercase())),
+    }
+    if !task.message.is_empty() && !matches!(state, pb::TaskState::Running) {
+        // Agents often repeat the state in their message ("starting", "preparing: image x").
+        let word = text.split(' ').next().unwrap_or_default().to_string();
+        let message = task.message.strip_prefix(&word).map(|m| m.trim_start_matches(':').trim()).unwrap_or(&task.message);
+        if !message.is_empty() && message != "shut down" && message != "removed" {
+            text.push_str(&format!(": {message}"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> Project {
+        serde_yaml::from_str(
+            "name: p\nservices:\n  web: {image: x, healthcheck: {test: [CMD, 'true']}}\n  job: {image: y}\n",
+        )
+        .unwrap()
+    }
+
+    fn task(
+        id: u64,
+        service: &str,
+        state: pb::TaskState,
+        health: pb::Health,
+        exit: Option<i64>,
+        message: &str,
+    ) -> (u64, pb::Task) {
+        (
+            id,
+            pb::Task {
+                id,
+                service: Some(pb::ServiceRef { stack: "p".into(), service: service.into() }),
+                desired: pb::DesiredState::Running as i32,
+                state: state as i32,
+                health: health as i32,
+                exit_code: exit,
+                message: message.into(),
+                container_name: format!("p-{service}-1"),
+                ..Default::default()
+            },
+        )
+    }
+
+    fn all() -> BTreeSet<String> {
+        ["web".to_string(), "job".to_string()].into()
+    }
+
+    #[test]
+    fn waits_for_health_only_with_wait() {
+        let tasks: BTreeMap<_, _> = [
+            task(1, "web", pb::TaskState::Running, pb::Health::Starting, None, ""),
+            task(2, "job", pb::TaskState::Complete, pb::Health::Unspecified, Some(0), ""),
+        ]
+        .into();
+        assert_eq!(evaluate(&project(), &all(), &tasks, Goal::Started), Verdict::Converged);
+        assert_eq!(evaluate(&project(), &all(), &tasks, Goal::Healthy), Verdict::Waiting);
+    }
+
+    #[test]
+    fn missing_tasks_mean_waiting() {
+        let tasks: BTreeMap<_, _> = [task(1, "web", pb::TaskState::Running, pb::Health::Healthy, None, "")].into();
+        assert_eq!(evaluate(&project(), &all(), &tasks, Goal::Healthy), Verdict::Waiting);
+    }
+
+    #[test]
+    fn failures_carry_reasons() {
+        let tasks: BTreeMap<_, _> = [
+            task(
+                1,
+                "web",
+                pb::TaskState::Pending,
+                pb::Health::Unspecified,
+                None,
+                "job did not complete successfully: it exited with code 2",
+            ),
+            task(2, "job", pb::TaskState::Failed, pb::Health::Unspecified, Some(2), "exited with code 2"),
+        ]
+        .into();
+        let Verdict::Failed(reasons) = evaluate(&project(), &all(), &tasks, Goal::Started) else { panic!() };
+        assert_eq!(
+            reasons,
+            [
+                ("job".to_string(), "p-job-1: exited with code 2".to_string()),
+                ("web".to_string(), "p-web-1: job did not complete successfully: it exited with code 2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn describes_tasks() {
+        let (_, t) =
+            task(1, "web", pb::TaskState::Pending, pb::Health::Unspecified, None, "waiting for db to be healthy");
+        assert_eq!(describe(&t), "pending: waiting for db to be healthy");
+        let (_, t) = task(1, "web", pb::TaskState::Running, pb::Health::Healthy, None, "");
+        assert_eq!(describe(&t), "running (healthy)");
+    }
+}

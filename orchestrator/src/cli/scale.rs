@@ -1,0 +1,85 @@
+//! `shoal scale SERVICE=N...`: change replica counts and wait until the new tasks have started.
+
+use std::collections::BTreeSet;
+
+use clap::Args;
+use shoal_proto::v1 as pb;
+
+use super::connect::{connect, Target};
+use super::converge::{Goal, Verdict};
+use super::{load_project, ProjectArgs};
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// SERVICE=REPLICAS pairs
+    #[arg(required = true, value_name = "SERVICE=N")]
+    pub targets: Vec<String>,
+    /// Return without waiting for the containers to start
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+}
+
+fn parse(target: &str) -> Result<(String, u64), String> {
+    let (service, replicas) = target.split_once('=').ok_or_else(|| format!("{target:?}: expected SERVICE=N"))?;
+    let replicas = replicas.parse().map_err(|_| format!("{target:?}: {replicas:?} is not a number of replicas"))?;
+    Ok((service.to_string(), replicas))
+}
+
+pub async fn run(project_args: &ProjectArgs, target: &Target, args: &ScaleArgs) -> anyhow::Result<i32> {
+    let mut wanted = Vec::new();
+    for t in &args.targets {
+        match parse(t) {
+            Ok(pair) => wanted.push(pair),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(1);
+            }
+        }
+    }
+    let Some(loaded) = load_project(project_args)? else { return Ok(1) };
+    let mut project = loaded.project;
+    let connection = connect(target).await?;
+    let mut control = connection.control.clone();
+    for (service, replicas) in &wanted {
+        let request = pb::ScaleServiceRequest {
+            service: Some(pb::ServiceRef { stack: project.name.clone(), service: service.clone() }),
+            replicas: *replicas,
+        };
+        if let Err(status) = control.scale_service(request).await {
+            eprintln!("error: {}", status.message());
+            connection.close().await;
+            return Ok(1);
+        }
+        // Judge convergence against the new counts.
+        if let Some(spec) = project.services.get_mut(service) {
+            spec.scale = Some(*replicas);
+            if let Some(deploy) = spec.deploy.as_mut() {
+                deploy.replicas = Some(*replicas);
+            }
+        }
+    }
+    let mut code = 0;
+    if !args.detach {
+        let selected: BTreeSet<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
+        if let Verdict::Failed(reasons) =
+            super::up::wait_for(&mut control, &project, &selected, Goal::Started, None).await?
+        {
+            for (service, reason) in reasons {
+                eprintln!("error: service {service}: {reason}");
+            }
+            code = 1;
+        }
+    }
+    connection.close().await;
+    Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_pairs() {
+        assert_eq!(super::parse("web=3"), Ok(("web".into(), 3)));
+        assert!(super::parse("web").is_err());
+        assert!(super::parse("web=x").is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! The Control API: what the CLI asks of a cluster. Each request is validated here and turned
+//! into store commands (writes) or answered from the state (reads). Logs are fetched from the
+//! agents that run the containers.
+
+mod deploy;
+mod logs;
+mod watch;
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use shoal_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use crate::manager::{Cluster, ClusterError};
+use crate::store::command::Command;
+use crate::store::state::{ClusterState, DesiredState, ServiceId, ServiceMode, Task, TaskState};
+use crate::wire;
+
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[derive(Clone)]
+pub struct ControlService {
+    cluster: Cluster,
+}
+
+impl ControlService {
+    pub fn new(cluster: Cluster) -> Self {
+        ControlService { cluster }
+    }
+
+    pub fn into_server(self) -> pb::control_server::ControlServer<Self> {
+        pb::control_server::ControlServer::new(self)
+    }
+}
+
+/// Store errors as gRPC statuses: lost leadership and timeouts are retryable, rejections are
+/// the caller's mistake.
+pub fn status_of(error: ClusterError) -> Status {
+    match error {
+        ClusterError::Rejected(message) => Status::failed_precondition(message),
+        ClusterError::Propose(e) => Status::unavailable(e.to_string()),
+        ClusterError::Corrupt(e) => Status::internal(e),
+    }
+}
+
+/// Tasks `ps` shows: those meant to run (pending ones with their reason included); with `all`,
+/// also finished and departing ones.
+fn visible(task: &Task, all: bool) -> bool {
+    all || (task.desired == DesiredState::Running && !matches!(task.state, TaskState::Complete | TaskState::Failed))
+}
+
+pub fn task_view(state: &ClusterState, task: &Task) -> pb::Task {
+    let name = state.services.get(&task.service).map(|s| task.container_name(&s.spec)).unwrap_or_default();
+    wire::task(task, name)
+}
+
+#[tonic::async_trait]
+impl pb::control_server::Control for ControlService {
+    async fn deploy_stack(&self, request: Request<pb::DeployStackRequest>) -> Result<Response<pb::DeployStackResponse>, Status> {
+        deploy::deploy(&self.cluster, request.into_inner()).await.map(Response::new)
+    }
+
+    async fn remove_stack(&self, request: Request<pb::RemoveStackRequest>) -> Result<Response<pb::RemoveStackResponse>, Status> {
+        let request = request.into_inner();
+        let command = Command::RemoveStack {
+            stack: request.stack,
+            remove_volumes: request.remove_volumes,
+            at: crate::manager::cluster::now(),
+        };
+        self.cluster.propose(command).await.map_err(status_of)?;
+        Ok(Response::new(pb::RemoveStackResponse {}))
+    }
+
+    async fn scale_service(&self, request: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::ScaleServiceResponse>, Status> {
+        let request = request.into_inner();
+        let service = request.service.as_ref().map(wire::service_id).ok_or_else(|| Status::invalid_argument("no service named"))?;
+        let mode = self.cluster.read(|s| s.services.get(&service).map(|r| r.mode));
+        match mode {
+            None => return Err(Status::not_found(format!("no such service: {service}"))),
+            Some(ServiceMode::Global | ServiceMode::GlobalJob) => {
+                return Err(Status::failed_precondition(format!("{service} is a global service: it runs one task per node and cannot be scaled")))
+            }
+            Some(_) => {}
+        }
+        let command = Command::ScaleService { service, replicas: request.replicas, at: crate::manager::cluster::now() };
+        self.cluster.propose(command).await.map_err(status_of)?;
+        Ok(Response::new(pb::ScaleServiceResponse {}))
+    }
+
+    async fn list_stacks(&self, _: Request<pb::ListStacksRequest>) -> Result<Response<pb::ListStacksResponse>, Status> {
+        let stacks = self
+            .cluster
+            .read_linearizable(|state| {
+                state
+                    .stacks
+                    .values()
+                    .map(|stack| {
+                        let tasks: Vec<&Task> = state.tasks.values().filter(|t| t.service.stack == stack.name).collect();
+                        let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;
+                        let status = if stack.removing { "removing".to_string() } else { format!("running({running})") };
+                        pb::StackSummary {
+                            name: stack.name.clone(),
+                            services: state.stack_services(&stack.name).count() as u32,
+                            running,
+                            tasks: tasks.len() as u32,
+                            status,
+                            config_files: Vec::new(),
+                        }
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ListStacksResponse { stacks }))
+    }
+
+    async fn list_services(&self, request: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let stack = request.into_inner().stack;
+        let services = self
+            .cluster
+            .read_linearizable(|state| {
+                state
+                    .services
+                    .values()
+                    .filter(|s| stack.is_empty() || s.id.stack == stack)
+                    .map(|s| {
+                        let running = state.service_tasks(&s.id).filter(|t| t.state == TaskState::Running).count() as u64;
+                        let desired = match s.mode {
+                            ServiceMode::Global | ServiceMode::GlobalJob => {
+                                state.service_tasks(&s.id).filter(|t| t.desired == DesiredState::Running).count() as u64
+                            }
+                            _ => s.replicas,
+                        };
+                        pb::ServiceSummary {
+                            id: Some(wire::service_ref(&s.id)),
+                            mode: wire::enum_text(&s.mode),
+                            desired,
+                            running,
+                            image: s.spec.image.clone().unwrap_or_else(|| format!("{}-{}", s.id.stack, s.id.service)),
+                            config_hash: s.config_hash.clone(),
+                            removing: s.removing,
+                        }
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let request = request.into_inner();
+        let tasks = self
+            .cluster
+            .read_linearizable(|state| {
+                state
+                    .tasks
+                    .values()
+                    .filter(|t| request.stack.is_empty() || t.service.stack == request.stack)
+                    .filter(|t| request.services.is_empty() || request.services.contains(&t.service.service))
+                    .filter(|t| visible(t, request.all))
+                    .map(|t| task_view(state, t))
+                    .collect()
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let nodes = self.cluster.read_linearizable(|s| s.nodes.values().map(wire::node).collect()).await.map_err(status_of)?;
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn cluster_status(&self, request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+        let counts = |s: &ClusterState| (s.nodes.len() as u32, s.services.len() as u32, s.tasks.len() as u32);
+        let (nodes, services, tasks) = if request.into_inner().stale {
+            self.cluster.read(counts)
+        } else {
+            self.cluster.read_linearizable(counts).await.map_err(status_of)?
+        };
+        let raft = self.cluster.raft().status();
+        let managers = vec![pb::ManagerStatus {
+            id: raft.id,
+            address: String::new(),
+            role: format!("{:?}", raft.role).to_lowercase(),
+            reachable: true,
+            last_contact_ms: 0,
+        }];
+        Ok(Response::new(pb::ClusterStatusResponse {
+            leader: raft.leader.unwrap_or(0),
+            term: raft.term,
+            commit_index: raft.commit_index,
+            applied_index: raft.applied_index,
+            managers,
+            nodes,
+            services,
+            tasks,
+        }))
+    }
+
+    type LogsStream = BoxStream<pb::LogChunk>;
+
+    async fn logs(&self, request: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        logs::logs(&self.cluster, request.into_inner()).await.map(Response::new)
+    }
+
+    type WatchStream = BoxStream<pb::WatchEvent>;
+
+    async fn watch(&self, request: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Ok(Response::new(watch::watch(self.cluster.clone(), request.into_inner().stack)))
+    }
+}
+
+/// `stack/service` names used in messages.
+pub fn service_name(id: &ServiceId) -> String {
+    id.to_string()
+}

@@ -1,0 +1,4 @@
+//! The dispatcher: what the managers send to agents.
+
+pub mod taskspec;
+pub mod server;

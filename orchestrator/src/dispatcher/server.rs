@@ -1,0 +1,758 @@
+//! The manager's side of the Dispatcher protocol: agents register, hold an assignment session,
+//! heartbeat, and report task statuses.
+//!
+//! ```text
+//!            ┌ view builder: cluster change → per-node assignments (specs cached per task)
+//!  Cluster ──┤ monitor (leader): Ready nodes silent for `down_after` → Down
+//!            └ batcher: status reports of all agents → one ReportStatus per window
+//!  Session(node) ── first message: the node's complete set; then diffs of its view, seq + 1
+//! ```
+//!
+//! Only the leader serves agents (the others answer UNAVAILABLE naming the leader). Everything
+//! the dispatcher keeps in memory (last heartbeat per node, the assignment view) is derived from
+//! the replicated state or rebuilt on a new leader, which gives every node a fresh grace period.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::Stream;
+use shoal_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::taskspec::{task_spec_with, RestartOwner, TaskSpec, TaskSpecOptions};
+use crate::manager::cluster::now;
+use crate::manager::{Cluster, ClusterError};
+use crate::store::command::{Command, StatusUpdate};
+use crate::store::raft::ProposeError;
+use crate::store::state::{
+    ClusterState, DesiredState, Millis, Node, NodeId, NodeRole, NodeStatus, ServiceId, Task, TaskId, TaskState,
+};
+use crate::wire;
+
+/// `Assignment.spec_format` of a JSON [`TaskSpec`].
+pub const SPEC_FORMAT: &str = TaskSpec::FORMAT;
+/// `Assignment.spec_format` when the manager could not build the spec: `spec` is the reason, which
+/// the agent reports as the task's failure.
+pub const SPEC_ERROR_FORMAT: &str = shoal_agent::session::SPEC_ERROR_FORMAT;
+
+/// gRPC metadata key naming the leader in UNAVAILABLE answers of non-leaders.
+pub const LEADER_METADATA: &str = "shoal-leader";
+
+#[derive(Debug, Clone)]
+pub struct DispatcherConfig {
+    /// Agents must present this to register.
+    pub join_token: String,
+    /// How often agents heartbeat.
+    pub heartbeat_period: Duration,
+    /// A Ready node not heard from for this long is marked Down (its tasks are rescheduled).
+    pub down_after: Duration,
+    /// Embedded mode: containers get the service's restart policy, so the engine keeps them up
+    /// while no manager runs. Otherwise the control plane owns restarts (engine policy `no`).
+    pub engine_restarts: bool,
+    /// Status reports arriving within this window (from all agents) become one store write.
+    pub status_batch_window: Duration,
+    pub status_batch_max: usize,
+}
+
+impl DispatcherConfig {
+    /// Heartbeats every 2 s, Down after 3 missed periods (6 s; detection within ~6.5 s).
+    pub fn new(join_token: impl Into<String>) -> Self {
+        DispatcherConfig {
+            join_token: join_token.into(),
+            heartbeat_period: Duration::from_secs(2),
+            down_after: Duration::from_secs(6),
+            engine_restarts: false,
+            status_batch_window: Duration::from_millis(20),
+            status_batch_max: 1000,
+        }
+    }
+
+    /// `down_after` as `periods` heartbeat periods.
+    pub fn with_heartbeat(mut self, period: Duration, periods: u32) -> Self {
+        self.heartbeat_period = period;
+        self.down_after = period * periods;
+        self
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.join_token.is_empty() {
+            return Err("the join token must not be empty".into());
+        }
+        if self.heartbeat_period < Duration::from_millis(10) {
+            return Err(format!("heartbeat period {:?} is too short (at least 10ms)", self.heartbeat_period));
+        }
+        if self.down_after <= self.heartbeat_period {
+            return Err(format!(
+                "down_after ({:?}) must be longer than the heartbeat period ({:?})",
+                self.down_after, self.heartbeat_period
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_every(&self) -> Duration {
+        (self.heartbeat_period / 4).clamp(Duration::from_millis(10), Duration::from_millis(500))
+    }
+}
+
+/// Counters for tests and metrics.
+#[derive(Debug, Default)]
+struct Counters {
+    status_proposals: AtomicU64,
+    status_updates: AtomicU64,
+    sessions_opened: AtomicU64,
+    nodes_marked_down: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DispatcherStats {
+    /// ReportStatus commands proposed.
+    pub status_proposals: u64,
+    /// Task status updates they carried.
+    pub status_updates: u64,
+    pub sessions_opened: u64,
+    pub nodes_marked_down: u64,
+}
+
+/// The node → assignments view every session diffs against.
+#[derive(Default)]
+struct AssignmentView {
+    /// The applied index the view was built from.
+    index: u64,
+    nodes: HashMap<NodeId, Arc<NodeAssignments>>,
+}
+
+type NodeAssignments = BTreeMap<TaskId, Arc<pb::Assignment>>;
+
+struct Batch {
+    updates: Vec<StatusUpdate>,
+    reply: oneshot::Sender<Result<(), Status>>,
+}
+
+struct Inner {
+    cluster: Cluster,
+    config: DispatcherConfig,
+    last_seen: Mutex<HashMap<NodeId, Instant>>,
+    batches: mpsc::Sender<Batch>,
+    view: watch::Receiver<Arc<AssignmentView>>,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    counters: Counters,
+}
+
+/// The Dispatcher gRPC service. Cheap to clone.
+#[derive(Clone)]
+pub struct DispatcherService {
+    inner: Arc<Inner>,
+}
+
+/// The dispatcher's background tasks (view builder, heartbeat monitor, status batcher).
+pub struct DispatcherTasks {
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl DispatcherTasks {
+    /// Waits for the tasks to end (they end when the shutdown signal turns true).
+    pub async fn join(self) {
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+impl DispatcherService {
+    /// The service and its background tasks, which run until `shutdown` turns true. Open
+    /// sessions end then too (with UNAVAILABLE), so a graceful server shutdown completes.
+    pub fn start(
+        cluster: Cluster,
+        config: DispatcherConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(DispatcherService, DispatcherTasks), String> {
+        config.validate()?;
+        let (batch_tx, batch_rx) = mpsc::channel(4096);
+        let (view_tx, view_rx) = watch::channel(Arc::new(AssignmentView::default()));
+        let (leader_tx, leader_rx) = watch::channel(cluster.is_leader());
+        let inner = Arc::new(Inner {
+            cluster,
+            config,
+            last_seen: Mutex::new(HashMap::new()),
+            batches: batch_tx,
+            view: view_rx,
+            leader: leader_rx,
+            shutdown,
+            counters: Counters::default(),
+        });
+        let handles = vec![
+            tokio::spawn(build_views(inner.clone(), view_tx, leader_tx)),
+            tokio::spawn(monitor(inner.clone())),
+            tokio::spawn(batch_statuses(inner.clone(), batch_rx)),
+        ];
+        Ok((DispatcherService { inner }, DispatcherTasks { handles }))
+    }
+
+    pub fn into_server(self) -> pb::dispatcher_server::DispatcherServer<Self> {
+        pb::dispatcher_server::DispatcherServer::new(self).max_encoding_message_size(256 << 20)
+    }
+
+    pub fn stats(&self) -> DispatcherStats {
+        let c = &self.inner.counters;
+        DispatcherStats {
+            status_proposals: c.status_proposals.load(Ordering::Relaxed),
+            status_updates: c.status_updates.load(Ordering::Relaxed),
+            sessions_opened: c.sessions_opened.load(Ordering::Relaxed),
+            nodes_marked_down: c.nodes_marked_down.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Inner {
+    fn require_leader(&self) -> Result<(), Status> {
+        let status = self.cluster.raft().status();
+        if status.is_leader() {
+            return Ok(());
+        }
+        Err(not_leader(status.leader))
+    }
+
+    fn touch(&self, node: &str) {
+        lock(&self.last_seen).insert(node.to_string(), Instant::now());
+    }
+
+    fn node_status(&self, node: &str) -> Option<NodeStatus> {
+        self.cluster.read(|s| s.nodes.get(node).map(|n| n.status))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn not_leader(leader: Option<u64>) -> Status {
+    let mut status = Status::unavailable(match leader {
+        Some(id) if id != 0 => format!("this manager is not the leader; the leader is manager {id}"),
+        _ => "this manager is not the leader, and no leader is elected yet".to_string(),
+    });
+    if let Some(id) = leader.filter(|id| *id != 0) {
+        if let Ok(value) = id.to_string().parse() {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+    }
+    status
+}
+
+fn cluster_status(error: ClusterError) -> Status {
+    match error {
+        ClusterError::Propose(ProposeError::NotLeader { leader_hint }) => not_leader(leader_hint),
+        ClusterError::Propose(e) => Status::unavailable(e.to_string()),
+        ClusterError::Rejected(message) => Status::failed_precondition(message),
+        ClusterError::Corrupt(message) => Status::internal(message),
+    }
+}
+
+/// Compares without an early exit, so the time taken does not reveal a prefix of the token.
+fn token_matches(given: &str, expected: &str) -> bool {
+    let (a, b) = (given.as_bytes(), expected.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in b.iter().enumerate() {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ x);
+    }
+    diff == 0
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// A fresh node id: 12 lowercase letters and digits.
+fn new_node_id(taken: impl Fn(&str) -> bool) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    loop {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        let mut bits = hasher.finish();
+        let id: String = (0..12)
+            .map(|_| {
+                let c = ALPHABET[(bits % ALPHABET.len() as u64) as usize] as char;
+                bits /= ALPHABET.len() as u64;
+                c
+            })
+            .collect();
+        if !taken(&id) {
+            return id;
+        }
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::Assignments, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let inner = &self.inner;
+        let request = request.into_inner();
+        if !token_matches(&request.token, &inner.config.join_token) {
+            return Err(Status::unauthenticated("invalid join token"));
+        }
+        inner.require_leader()?;
+        let facts = request.node.ok_or_else(|| Status::invalid_argument("the request describes no node"))?;
+        let id = if facts.id.is_empty() {
+            inner.cluster.read(|s| new_node_id(|id| s.nodes.contains_key(id)))
+        } else if valid_node_id(&facts.id) {
+            facts.id.clone()
+        } else {
+            return Err(Status::invalid_argument(format!(
+                "invalid node id {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                facts.id
+            )));
+        };
+        let role = match facts.role.as_str() {
+            "" | "worker" => NodeRole::Worker,
+            "manager" => NodeRole::Manager,
+            other => return Err(Status::invalid_argument(format!("invalid node role {other:?}: manager or worker"))),
+        };
+        if let Some(key) = facts.labels.keys().find(|k| k.trim().is_empty()) {
+            return Err(Status::invalid_argument(format!("invalid node label key {key:?}")));
+        }
+        let node = Node {
+            id: id.clone(),
+            hostname: if facts.hostname.is_empty() { id.clone() } else { facts.hostname },
+            role,
+            // The store keeps the availability an operator set for a returning node.
+            availability: crate::store::state::Availability::Active,
+            status: NodeStatus::Ready,
+            nano_cpus: facts.nano_cpus,
+            memory_bytes: facts.memory_bytes,
+            labels: facts.labels.into_iter().collect(),
+            os: facts.os,
+            arch: facts.arch,
+            engine_version: facts.engine_version,
+            address: Some(facts.address).filter(|a| !a.is_empty()),
+            status_message: String::new(),
+            updated_at: now(),
+        };
+        inner.touch(&id);
+        inner.cluster.propose(Command::RegisterNode { node: Box::new(node) }).await.map_err(cluster_status)?;
+        tracing::info!(node = %id, "node registered");
+        Ok(Response::new(pb::RegisterResponse {
+            node_id: id,
+            heartbeat_period_ms: inner.config.heartbeat_period.as_millis() as u64,
+        }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(&self, request: Request<pb::SessionRequest>) -> Result<Response<SessionStream>, Status> {
+        let inner = &self.inner;
+        inner.require_leader()?;
+        let node = request.into_inner().node_id;
+        if inner.node_status(&node).is_none() {
+            return Err(Status::not_found(format!("node {node} is not registered: register it first")));
+        }
+        // Everything committed before this point is applied here, and in the view before the
+        // first message: a complete set missing a task would make the agent remove its container.
+        let index = inner.cluster.read_linearizable(|s| s.applied_index).await.map_err(cluster_status)?;
+        inner.touch(&node);
+        inner.counters.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(serve_session(self.inner.clone(), node, index, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let inner = &self.inner;
+        inner.require_leader()?;
+        let node = request.into_inner().node_id;
+        let status = inner.node_status(&node);
+        let Some(status) = status else {
+            return Err(Status::not_found(format!("node {node} is not registered: register it again")));
+        };
+        inner.touch(&node);
+        if status == NodeStatus::Down {
+            let command = Command::SetNodeStatus {
+                node: node.clone(),
+                status: NodeStatus::Ready,
+                message: String::new(),
+                at: now(),
+            };
+            inner.cluster.propose(command).await.map_err(cluster_status)?;
+            tracing::info!(node = %node, "node is back");
+        }
+        Ok(Response::new(pb::HeartbeatResponse {
+            heartbeat_period_ms: inner.config.heartbeat_period.as_millis() as u64,
+        }))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<pb::UpdateTaskStatusRequest>,
+    ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
+        let inner = &self.inner;
+        inner.require_leader()?;
+        let request = request.into_inner();
+        let node = request.node_id;
+        let updates = request
+            .updates
+            .into_iter()
+            .map(|u| status_update(&node, u))
+            .collect::<Result<Vec<StatusUpdate>, Status>>()?;
+        if updates.is_empty() {
+            return Ok(Response::new(pb::UpdateTaskStatusResponse {}));
+        }
+        let (reply, answer) = oneshot::channel();
+        let shutting_down = || Status::unavailable("the manager is shutting down");
+        inner.batches.send(Batch { updates, reply }).await.map_err(|_| shutting_down())?;
+        answer.await.map_err(|_| shutting_down())??;
+        Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+}
+
+fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> {
+    let state = wire::task_state_from(u.state)
+        .ok_or_else(|| Status::invalid_argument(format!("task {}: unknown task state {}", u.task, u.state)))?;
+    Ok(StatusUpdate {
+        task: u.task,
+        node: node.to_string(),
+        state,
+        container_id: Some(u.container_id).filter(|c| !c.is_empty()),
+        exit_code: u.exit_code,
+        health: wire::health_from(u.health),
+        message: u.message,
+        ports: u.ports,
+    })
+}
+
+/// Sends one node its complete set, then a diff after every change of its assignments.
+async fn serve_session(inner: Arc<Inner>, node: NodeId, index: u64, tx: mpsc::Sender<Result<pb::Assignments, Status>>) {
+    let mut view = inner.view.clone();
+    let mut leader = inner.leader.clone();
+    let mut shutdown = inner.shutdown.clone();
+    let caught_up =
+        tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.index >= index)).await.is_ok_and(|r| r.is_ok());
+    if !caught_up {
+        let _ = tx.send(Err(Status::unavailable("the manager's assignments are not up to date; retry"))).await;
+        return;
+    }
+    let mut current = view.borrow_and_update().nodes.get(&node).cloned().unwrap_or_default();
+    let mut sequence = 1;
+    let first = pb::Assignments {
+        sequence,
+        complete: true,
+        changed: current.values().map(|a| a.as_ref().clone()).collect(),
+        removed: Vec::new(),
+    };
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tx.closed() => return,
+            changed = view.changed() => if changed.is_err() { return },
+            changed = leader.changed() => {
+                if changed.is_err() || !*leader.borrow_and_update() {
+                    let _ = tx.send(Err(not_leader(inner.cluster.raft().status().leader))).await;
+                    return;
+                }
+                continue;
+            }
+            _ = shutdown.changed() => {
+                let _ = tx.send(Err(Status::unavailable("the manager is shutting down"))).await;
+                return;
+            }
+        }
+        let next = view.borrow_and_update().nodes.get(&node).cloned().unwrap_or_default();
+        if Arc::ptr_eq(&next, &current) {
+            continue;
+        }
+        let changed: Vec<pb::Assignment> = next
+            .iter()
+            .filter(|(id, a)| current.get(id).is_none_or(|old| !Arc::ptr_eq(old, a)))
+            .map(|(_, a)| a.as_ref().clone())
+            .collect();
+        let removed: Vec<TaskId> = current.keys().filter(|id| !next.contains_key(id)).copied().collect();
+        current = next;
+        if changed.is_empty() && removed.is_empty() {
+            continue;
+        }
+        sequence += 1;
+        if tx.send(Ok(pb::Assignments { sequence, complete: false, changed, removed })).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A task's spec, kept while the service and stack it was built from are unchanged.
+struct CachedSpec {
+    key: (u64, Millis),
+    format: &'static str,
+    spec: Arc<Vec<u8>>,
+}
+
+/// Rebuilds the assignment view after every change, reusing the assignments (and node maps)
+/// that did not change so sessions can tell changes by pointer.
+struct ViewBuilder {
+    options: TaskSpecOptions,
+    specs: HashMap<TaskId, CachedSpec>,
+    /// Each task's assignment and the spec bytes it was made from.
+    assignments: HashMap<TaskId, (Arc<Vec<u8>>, Arc<pb::Assignment>)>,
+    nodes: HashMap<NodeId, Arc<NodeAssignments>>,
+}
+
+impl ViewBuilder {
+    fn build(&mut self, state: &ClusterState) -> AssignmentView {
+        let mut nodes: HashMap<NodeId, NodeAssignments> = HashMap::new();
+        let mut assignments = HashMap::new();
+        for task in state.tasks.values() {
+            let Some(node) = &task.node else { continue };
+            // Pending tasks (even pinned ones) wait for the scheduler; Removed ones are done.
+            if matches!(task.state, TaskState::Pending | TaskState::Removed) {
+                continue;
+            }
+            let (format, spec) = self.spec(state, task, node);
+            let desired = wire::desired_state(task.desired) as i32;
+            // Same desired state and spec: the same assignment (by pointer), so no diff is sent.
+            let reuse = self.assignments.get(&task.id).filter(|(old_spec, a)| {
+                a.desired == desired
+                    && a.spec_format == format
+                    && (Arc::ptr_eq(old_spec, &spec) || old_spec.as_slice() == spec.as_slice())
+            });
+            let assignment = match reuse {
+                Some((_, a)) => a.clone(),
+                None => Arc::new(pb::Assignment {
+                    task: task.id,
+                    service: Some(wire::service_ref(&task.service)),
+                    slot: task.slot,
+                    desired,
+                    spec_format: format.to_string(),
+                    spec: spec.as_ref().clone(),
+                }),
+            };
+            assignments.insert(task.id, (spec, assignment.clone()));
+            nodes.entry(node.clone()).or_default().insert(task.id, assignment);
+        }
+        self.specs.retain(|id, _| assignments.contains_key(id));
+        self.assignments = assignments;
+        let nodes: HashMap<NodeId, Arc<NodeAssignments>> = nodes
+            .into_iter()
+            .map(|(node, map)| {
+                let same = self.nodes.get(&node).filter(|old| {
+                    old.len() == map.len()
+                        && old.iter().zip(map.iter()).all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
+                });
+                let map = same.cloned().unwrap_or_else(|| Arc::new(map));
+                (node, map)
+            })
+            .collect();
+        self.nodes = nodes.clone();
+        AssignmentView { index: state.applied_index, nodes }
+    }
+
+    /// The task's spec (JSON), or why it cannot be built. Only tasks meant to run need one;
+    /// errors are not cached (a `service:x` network mode resolves once x has a task).
+    fn spec(&mut self, state: &ClusterState, task: &Task, node: &str) -> (&'static str, Arc<Vec<u8>>) {
+        let Some(service) = state.services.get(&task.service) else {
+            return ("", Arc::new(Vec::new()));
+        };
+        let Some(stack) = state.stacks.get(&task.service.stack) else {
+            return ("", Arc::new(Vec::new()));
+        };
+        let key = (service.version, stack.updated_at);
+        if let Some(cached) = self.specs.get(&task.id).filter(|c| c.key == key) {
+            return (cached.format, cached.spec.clone());
+        }
+        if task.desired != DesiredState::Running {
+            // Being stopped or removed: the agent needs no spec for that.
+            return ("", Arc::new(Vec::new()));
+        }
+        let resolve = |name: &str| resolve_service_container(state, &task.service.stack, name, node);
+        let built = task_spec_with(&stack.project, &task.service.service, &service.spec, task, node, &resolve, self.options)
+            .map_err(|e| e.to_string())
+            .and_then(|spec| serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}")));
+        match built {
+            Ok(bytes) => {
+                let spec = Arc::new(bytes);
+                self.specs.insert(task.id, CachedSpec { key, format: SPEC_FORMAT, spec: spec.clone() });
+                (SPEC_FORMAT, spec)
+            }
+            Err(reason) => (SPEC_ERROR_FORMAT, Arc::new(format!("cannot build the container spec: {reason}").into_bytes())),
+        }
+    }
+}
+
+/// `network_mode: service:x` → the container of x's task on the same node, else of its slot 1.
+fn resolve_service_container(state: &ClusterState, stack: &str, name: &str, node: &str) -> Option<String> {
+    let id = ServiceId::new(stack, name);
+    let record = state.services.get(&id)?;
+    let live: Vec<&Task> = state.service_tasks(&id).filter(|t| t.desired == DesiredState::Running).collect();
+    let pick = live
+        .iter()
+        .filter(|t| t.node.as_deref() == Some(node))
+        .min_by_key(|t| (t.slot.max(1), std::cmp::Reverse(t.id)))
+        .or_else(|| live.iter().filter(|t| t.slot <= 1).max_by_key(|t| t.id))?;
+    Some(pick.container_name(&record.spec))
+}
+
+async fn build_views(inner: Arc<Inner>, view: watch::Sender<Arc<AssignmentView>>, leader: watch::Sender<bool>) {
+    let options = TaskSpecOptions {
+        restart: if inner.config.engine_restarts { RestartOwner::Engine } else { RestartOwner::ControlPlane },
+    };
+    let mut builder = ViewBuilder { options, specs: HashMap::new(), assignments: HashMap::new(), nodes: HashMap::new() };
+    let mut changes = inner.cluster.subscribe();
+    let mut raft = inner.cluster.raft().status_watch();
+    let mut shutdown = inner.shutdown.clone();
+    changes.mark_changed();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let built = inner.cluster.read(|state| builder.build(state));
+                view.send_replace(Arc::new(built));
+            }
+            changed = raft.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let is_leader = raft.borrow_and_update().is_leader();
+                leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
+            }
+        }
+    }
+}
+
+/// On the leader: marks Ready nodes whose last heartbeat is older than `down_after` as Down.
+async fn monitor(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.check_every());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = inner.shutdown.clone();
+    let mut was_leader = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        if !inner.cluster.is_leader() {
+            was_leader = false;
+            continue;
+        }
+        let at = Instant::now();
+        if !was_leader {
+            // A new leader has no heartbeat history: every node starts a fresh grace period.
+            was_leader = true;
+            lock(&inner.last_seen).clear();
+        }
+        let ready: Vec<NodeId> = inner.cluster.read(|s| {
+            s.nodes.values().filter(|n| n.status == NodeStatus::Ready).map(|n| n.id.clone()).collect()
+        });
+        let silent: Vec<(NodeId, Duration)> = {
+            let mut seen = lock(&inner.last_seen);
+            ready
+                .into_iter()
+                .filter_map(|id| {
+                    let last = *seen.entry(id.clone()).or_insert(at);
+                    let quiet = at.saturating_duration_since(last);
+                    (quiet > inner.config.down_after).then_some((id, quiet))
+                })
+                .collect()
+        };
+        if silent.is_empty() {
+            continue;
+        }
+        let stamp = now();
+        let commands = silent
+            .iter()
+            .map(|(id, quiet)| Command::SetNodeStatus {
+                node: id.clone(),
+                status: NodeStatus::Down,
+                message: format!("no heartbeat for {}s", quiet.as_secs()),
+                at: stamp,
+            })
+            .collect();
+        for (id, quiet) in &silent {
+            tracing::warn!(node = %id, "node is down: no heartbeat for {quiet:?}");
+        }
+        match inner.cluster.propose_all(commands).await {
+            Ok(_) => {
+                inner.counters.nodes_marked_down.fetch_add(silent.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("marking nodes down was not applied: {e}"),
+        }
+    }
+}
+
+/// Collects status reports from every agent into one ReportStatus per window (or per
+/// `status_batch_max` updates), proposes it, and answers each caller once it is applied.
+async fn batch_statuses(inner: Arc<Inner>, mut batches: mpsc::Receiver<Batch>) {
+    let mut shutdown = inner.shutdown.clone();
+    let window = inner.config.status_batch_window;
+    let max = inner.config.status_batch_max.max(1);
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => return,
+            batch = batches.recv() => match batch {
+                Some(batch) => batch,
+                None => return,
+            },
+        };
+        let mut count = first.updates.len();
+        let mut waiting = vec![first];
+        let deadline = Instant::now() + window;
+        while count < max {
+            match tokio::time::timeout_at(deadline, batches.recv()).await {
+                Ok(Some(batch)) => {
+                    count += batch.updates.len();
+                    waiting.push(batch);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let updates: Vec<StatusUpdate> = waiting.iter_mut().flat_map(|b| std::mem::take(&mut b.updates)).collect();
+        let n = updates.len() as u64;
+        let result = inner.cluster.propose(Command::ReportStatus { updates, at: now() }).await;
+        inner.counters.status_proposals.fetch_add(1, Ordering::Relaxed);
+        inner.counters.status_updates.fetch_add(n, Ordering::Relaxed);
+        let answer = result.map(|_| ()).map_err(cluster_status);
+        for batch in waiting {
+            let _ = batch.reply.send(answer.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(token_matches("secret", "secret"));
+        assert!(!token_matches("secreT", "secret"));
+        assert!(!token_matches("secret-and-more", "secret"));
+        assert!(!token_matches("", "secret"));
+    }
+
+    #[test]
+    fn node_ids() {
+        let id = new_node_id(|_| false);
+        assert_eq!(id.len(), 12);
+        assert!(valid_node_id(&id));
+        assert!(!valid_node_id("has space"));
+        assert!(!valid_node_id(""));
+    }
+
+    #[test]
+    fn config_defaults_detect_within_ten_seconds() {
+        let config = DispatcherConfig::new("t");
+        config.validate().unwrap();
+        assert!(config.down_after + config.check_every() <= Duration::from_secs(10));
+        assert!(DispatcherConfig::new("t").with_heartbeat(Duration::from_secs(1), 1).validate().is_err());
+    }
+}

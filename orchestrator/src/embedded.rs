@@ -1,0 +1,171 @@
+//! The embedded single-node cluster: with no `--host`, the CLI runs a manager (a Raft group of
+//! one, state in the state dir) and an agent on the local Docker engine inside its own process,
+//! talking gRPC over loopback — the same code path as a real cluster, not a second
+//! implementation. Containers outlive the process; the next invocation adopts them.
+//!
+//! Two processes on one state dir: the first holds the store's lock and writes its Control
+//! address to `manager.addr`; a second one finds the lock taken and talks to the first instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_agent::engine::docker::DockerEngine;
+use shoal_agent::logs::AgentService;
+use shoal_agent::session::{run_agent, AgentConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::manager::{Manager, ManagerConfig, ManagerError};
+use crate::store::raft::StoreError;
+use crate::store::state::NodeStatus;
+
+/// The embedded node's id: there is only one node, on this machine.
+const NODE_ID: &str = "local";
+const ADDRESS_FILE: &str = "manager.addr";
+const TOKEN_FILE: &str = "join-token";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbeddedError {
+    #[error("cannot use the state directory {}: {source}", path.display())]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error("{0}")]
+    Engine(#[from] shoal_agent::engine::EngineError),
+    #[error("cannot listen for the agent on loopback: {0}")]
+    Listen(std::io::Error),
+    #[error("the local agent did not join the embedded cluster within {0:?}; see the logs with SHOAL_LOG=debug")]
+    AgentTimeout(Duration),
+}
+
+/// A running embedded cluster, or a connection to another process's.
+pub struct Embedded {
+    address: String,
+    running: Option<Running>,
+}
+
+struct Running {
+    manager: Manager,
+    shutdown: watch::Sender<bool>,
+    agent: JoinHandle<()>,
+    logs: JoinHandle<()>,
+    state_dir: PathBuf,
+}
+
+impl Embedded {
+    pub async fn start(state_dir: &Path) -> Result<Embedded, EmbeddedError> {
+        let dir_error = |source| EmbeddedError::StateDir { path: state_dir.to_path_buf(), source };
+        tokio::fs::create_dir_all(state_dir).await.map_err(dir_error)?;
+        // Reach the engine first: without it nothing can run, and the error says so plainly.
+        let engine = Arc::new(DockerEngine::connect().await?);
+        let token = join_token(state_dir).await.map_err(dir_error)?;
+
+        let mut config = ManagerConfig::new(state_dir, "127.0.0.1:0", token.clone());
+        // Nothing watches the containers between invocations: let the engine restart them.
+        config.dispatcher.engine_restarts = true;
+        let manager = match Manager::start(config).await {
+            Ok(manager) => manager,
+            Err(ManagerError::Store(StoreError::Locked { .. })) => {
+                if let Ok(address) = tokio::fs::read_to_string(state_dir.join(ADDRESS_FILE)).await {
+                    return Ok(Embedded { address: address.trim().to_string(), running: None });
+                }
+                return Err(EmbeddedError::Manager(ManagerError::Store(StoreError::Locked { path: state_dir.to_path_buf() })));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let address = manager.address.to_string();
+        tokio::fs::write(state_dir.join(ADDRESS_FILE), &address).await.map_err(dir_error)?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let logs_listener = TcpListener::bind("127.0.0.1:0").await.map_err(EmbeddedError::Listen)?;
+        let logs_address = logs_listener.local_addr().map_err(EmbeddedError::Listen)?;
+        let logs_service = AgentService::new(engine.clone()).for_node(NODE_ID).into_server();
+        let mut stop = shutdown_rx.clone();
+        let logs = tokio::spawn(async move {
+            let signal = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            let incoming = TcpListenerStream::new(logs_listener);
+            if let Err(e) = tonic::transport::Server::builder().add_service(logs_service).serve_with_incoming_shutdown(incoming, signal).await {
+                tracing::error!("agent logs endpoint stopped: {e}");
+            }
+        });
+
+        let mut agent_config = AgentConfig::new(vec![address.clone()], token);
+        agent_config.node_id = Some(NODE_ID.to_string());
+        agent_config.role = "manager".into();
+        agent_config.advertise_addr = Some(logs_address.to_string());
+        let agent_shutdown = shutdown_rx.clone();
+        let agent = tokio::spawn(async move {
+            if let Err(e) = run_agent(agent_config, engine, agent_shutdown).await {
+                tracing::error!("embedded agent stopped: {e}");
+            }
+        });
+
+        let running = Running { manager, shutdown, agent, logs, state_dir: state_dir.to_path_buf() };
+        let embedded = Embedded { address, running: Some(running) };
+        embedded.wait_for_agent(Duration::from_secs(15)).await?;
+        Ok(embedded)
+    }
+
+    /// The Control API address to dial.
+    pub fn control_address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// Waits until the local node is registered and ready, so that the first request sees it.
+    async fn wait_for_agent(&self, timeout: Duration) -> Result<(), EmbeddedError> {
+        let Some(running) = &self.running else { return Ok(()) };
+        let cluster = &running.manager.cluster;
+        let mut changes = cluster.subscribe();
+        let ready = async {
+            loop {
+                if cluster.read(|s| s.nodes.get(NODE_ID).is_some_and(|n| n.status == NodeStatus::Ready)) {
+                    return;
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, ready).await.map_err(|_| EmbeddedError::AgentTimeout(timeout))
+    }
+
+    /// Stops the agent (containers keep running) and the manager (state stays on disk).
+    pub async fn shutdown(self) {
+        let Some(running) = self.running else { return };
+        running.shutdown.send_replace(true);
+        let _ = running.agent.await;
+        let _ = running.logs.await;
+        let _ = tokio::fs::remove_file(running.state_dir.join(ADDRESS_FILE)).await;
+        running.manager.shutdown().await;
+    }
+}
+
+/// The cluster's join token, made once per state dir from the system's random source.
+async fn join_token(state_dir: &Path) -> std::io::Result<String> {
+    let path = state_dir.join(TOKEN_FILE);
+    match tokio::fs::read_to_string(&path).await {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // /dev/urandom never ends: read a fixed amount.
+    let bytes = random_bytes().await?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("SHOAL-{token}");
+    tokio::fs::write(&path, &token).await?;
+    Ok(token)
+}
+
+async fn random_bytes() -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut file = tokio::fs::File::open("/dev/urandom").await?;
+    let mut bytes = vec![0u8; 16];
+    file.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
