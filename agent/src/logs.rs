@@ -136,6 +136,48 @@ fn split_timestamp(line: &[u8]) -> Option<(String, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::mock::{MockBehavior, MockEngine};
+    use crate::spec::{ContainerSpec, TaskIdentity};
+    use pb::agent_server::Agent as _;
+
+    #[tokio::test]
+    async fn streams_a_tasks_logs_labelled_with_task_container_and_service() {
+        let engine = MockEngine::new();
+        let lines = vec!["one".to_string(), "two".to_string(), "three".to_string()];
+        engine.behave("img", MockBehavior { logs: lines, ..Default::default() });
+        let identity = TaskIdentity {
+            project: "shop".into(),
+            service: "web".into(),
+            container_number: 1,
+            node_id: "n1".into(),
+            task_id: "17".into(),
+            ..Default::default()
+        };
+        let id = engine.create(&ContainerSpec::new(identity, "img")).await.unwrap();
+        engine.start(&id).await.unwrap();
+        let service = AgentService::new(Arc::new(engine.clone())).for_node("n1");
+
+        let request = pb::AgentLogsRequest { tasks: vec![17], follow: false, tail: Some(2), timestamps: true };
+        let chunks: Vec<pb::LogChunk> =
+            service.logs(Request::new(request)).await.unwrap().into_inner().map(|c| c.unwrap()).collect().await;
+        let text: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
+        assert_eq!(text, vec![&b"two\n"[..], &b"three\n"[..]]);
+        assert!(chunks.iter().all(|c| c.task == 17 && c.container_name == "shop-web-1" && c.service == "web"));
+        assert!(chunks.iter().all(|c| c.timestamp.starts_with("2024-01-01T")));
+
+        // Following ends when the container stops.
+        let request = pb::AgentLogsRequest { tasks: vec![17], follow: true, tail: None, timestamps: false };
+        let mut stream = service.logs(Request::new(request)).await.unwrap().into_inner();
+        for _ in 0..3 {
+            stream.next().await.unwrap().unwrap();
+        }
+        engine.stop(&id, std::time::Duration::from_secs(1)).await.unwrap();
+        assert!(stream.next().await.is_none());
+
+        let request = pb::AgentLogsRequest { tasks: vec![99], ..Default::default() };
+        let err = service.logs(Request::new(request)).await.err().unwrap();
+        assert_eq!(err.code(), tonic::Code::NotFound);
+    }
 
     #[test]
     fn timestamps_move_into_their_field_one_chunk_per_line() {

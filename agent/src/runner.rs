@@ -51,6 +51,9 @@ pub struct TaskStatus {
     pub state: TaskState,
     /// One human-readable line, e.g. "exited with code 3".
     pub message: String,
+    /// Published ports as bound (`0.0.0.0:8080->80/tcp`), while running.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -233,9 +236,13 @@ impl<E: Engine> Shared<E> {
     }
 
     async fn report(&self, task_id: &str, container_id: Option<&str>, state: TaskState) {
+        self.report_with_ports(task_id, container_id, state, Vec::new()).await;
+    }
+
+    async fn report_with_ports(&self, task_id: &str, container_id: Option<&str>, state: TaskState, ports: Vec<String>) {
         let message = describe(&state);
-        let status =
-            TaskStatus { task_id: task_id.to_string(), container_id: container_id.map(str::to_string), state, message };
+        let container_id = container_id.map(str::to_string);
+        let status = TaskStatus { task_id: task_id.to_string(), container_id, state, message, ports };
         // A closed channel means the agent is shutting down; nothing to tell.
         let _ = self.status_tx.send(status).await;
     }
@@ -301,12 +308,17 @@ impl<E: Engine> Shared<E> {
     /// Inspect → derive → report-if-changed, once now and again on every nudge, until the
     /// container is removed.
     async fn watch(&self, task_id: &str, container_id: &str, watcher: Arc<Watcher>, mut last: Option<TaskState>) {
+        let mut last_ports = Vec::new();
         loop {
             if watcher.retired.load(Ordering::SeqCst) {
                 return;
             }
+            let mut ports = Vec::new();
             let (observed, gone) = match self.engine.inspect(container_id).await {
-                Ok(state) => (derive(&state), false),
+                Ok(state) => {
+                    ports = state.ports.clone();
+                    (derive(&state), false)
+                }
                 Err(EngineError::ContainerNotFound(_)) => {
                     if watcher.retired.load(Ordering::SeqCst) {
                         return;
@@ -323,9 +335,10 @@ impl<E: Engine> Shared<E> {
                 }
             };
             if let Some(state) = observed {
-                if last.as_ref() != Some(&state) {
-                    self.report(task_id, Some(container_id), state.clone()).await;
+                if last.as_ref() != Some(&state) || ports != last_ports {
+                    self.report_with_ports(task_id, Some(container_id), state.clone(), ports.clone()).await;
                     last = Some(state);
+                    last_ports = ports;
                 }
             }
             if gone {

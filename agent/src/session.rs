@@ -29,8 +29,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::engine::{Engine, EngineError};
+use crate::labels;
 use crate::runner::{self, RunnerError, TaskRunner};
-use crate::spec::TaskSpec;
+use crate::spec::{RestartPolicy, TaskSpec};
 
 type Client = pb::dispatcher_client::DispatcherClient<Channel>;
 
@@ -117,6 +118,8 @@ enum SessionError {
     Rpc { call: &'static str, status: String },
     #[error("{0}")]
     Protocol(String),
+    #[error("reading the engine's facts: {0}")]
+    Engine(EngineError),
     #[error(transparent)]
     Fatal(#[from] AgentError),
 }
@@ -136,11 +139,8 @@ pub async fn run_agent<E: Engine>(
     if config.managers.is_empty() {
         return Err(AgentError::NoManagers);
     }
-    let endpoints = config
-        .managers
-        .iter()
-        .map(|m| endpoint(m, &config).map(|e| (m.clone(), e)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let endpoints =
+        config.managers.iter().map(|m| endpoint(m, &config).map(|e| (m.clone(), e))).collect::<Result<Vec<_>, _>>()?;
     let mut node_id = match &config.node_id {
         Some(id) => Some(id.clone()),
         None => read_node_id(&config).await?,
@@ -237,10 +237,12 @@ impl<E: Engine> Agent<E> {
             network_lock: tokio::sync::Mutex::new(()),
             image_locks: Mutex::new(HashMap::new()),
             pump: Mutex::new(None),
+            adopted: Mutex::new(HashSet::new()),
         });
         let pump = tokio::spawn(pump_statuses(Arc::downgrade(&core), status_rx));
         *lock(&core.pump) = Some(pump);
         let adopted = core.runner.adopt().await?;
+        *lock(&core.adopted) = adopted.iter().filter_map(|id| id.parse().ok()).collect();
         if !adopted.is_empty() {
             tracing::info!(count = adopted.len(), "adopted this node's containers");
         }
@@ -259,7 +261,8 @@ impl<E: Engine> Agent<E> {
     ) -> Result<(), SessionError> {
         let channel = endpoint.connect().await.map_err(|e| SessionError::Connect(error_chain(&e)))?;
         let mut client = Client::new(channel).max_decoding_message_size(256 << 20);
-        let info = self.engine.info().await.map_err(|e| SessionError::Fatal(AgentError::Engine(e)))?;
+        // An engine that is briefly unreachable delays the registration; it is not fatal.
+        let info = self.engine.info().await.map_err(SessionError::Engine)?;
         let node = pb::Node {
             id: node_id.clone().unwrap_or_default(),
             hostname: self.config.name.clone().unwrap_or(info.hostname),
@@ -273,12 +276,15 @@ impl<E: Engine> Agent<E> {
             address: self.config.advertise_addr.clone().unwrap_or_default(),
             ..pb::Node::default()
         };
-        let mut request = tonic::Request::new(pb::RegisterRequest { token: self.config.token.clone(), node: Some(node) });
+        let mut request =
+            tonic::Request::new(pb::RegisterRequest { token: self.config.token.clone(), node: Some(node) });
         request.set_timeout(self.config.rpc_timeout);
         let registered = match client.register(request).await {
             Ok(r) => r.into_inner(),
             Err(s) if matches!(s.code(), Code::Unauthenticated | Code::InvalidArgument | Code::PermissionDenied) => {
-                return Err(AgentError::Refused { manager: address.to_string(), message: s.message().to_string() }.into())
+                return Err(
+                    AgentError::Refused { manager: address.to_string(), message: s.message().to_string() }.into()
+                )
             }
             Err(s) => return Err(rpc("register")(s)),
         };
@@ -297,10 +303,12 @@ impl<E: Engine> Agent<E> {
         let period = Duration::from_millis(registered.heartbeat_period_ms.max(100));
         tracing::info!(manager = %address, node = %id, "registered");
 
-        let mut stream = client.session(pb::SessionRequest { node_id: id.clone() }).await.map_err(rpc("session"))?.into_inner();
+        let mut stream =
+            client.session(pb::SessionRequest { node_id: id.clone() }).await.map_err(rpc("session"))?.into_inner();
         // Whatever the previous manager heard, this one hears everything again.
         core.reports.resend_all();
         let config = &self.config;
+        let (complete_tx, complete_rx) = watch::channel(false);
         let assignments = async {
             let mut expected: Option<u64> = None;
             loop {
@@ -309,7 +317,9 @@ impl<E: Engine> Agent<E> {
                 };
                 match expected {
                     None if !message.complete => {
-                        return Err(SessionError::Protocol("the session did not start with the complete task set".into()))
+                        return Err(SessionError::Protocol(
+                            "the session did not start with the complete task set".into(),
+                        ))
                     }
                     Some(seq) if message.sequence != seq => {
                         return Err(SessionError::Protocol(format!(
@@ -322,17 +332,23 @@ impl<E: Engine> Agent<E> {
                 expected = Some(message.sequence + 1);
                 *established = true;
                 core.apply(message);
+                complete_tx.send_replace(true);
             }
         };
         tokio::select! {
             r = assignments => r,
             r = heartbeat(client.clone(), &id, period, config) => r,
-            r = flush(client.clone(), &id, &core.reports, config) => r,
+            r = flush(client.clone(), &id, &core, complete_rx, config) => r,
         }
     }
 }
 
-async fn heartbeat(mut client: Client, node_id: &str, mut period: Duration, config: &AgentConfig) -> Result<(), SessionError> {
+async fn heartbeat(
+    mut client: Client,
+    node_id: &str,
+    mut period: Duration,
+    config: &AgentConfig,
+) -> Result<(), SessionError> {
     loop {
         let jitter = config.heartbeat_jitter.clamp(0.0, 1.0) * random_unit();
         tokio::time::sleep(period.mul_f64(1.0 - jitter)).await;
@@ -345,18 +361,47 @@ async fn heartbeat(mut client: Client, node_id: &str, mut period: Duration, conf
     }
 }
 
-async fn flush(mut client: Client, node_id: &str, reports: &Reports, config: &AgentConfig) -> Result<(), SessionError> {
+/// Sends status reports in batches. The first call of a session is the sync report: sent once
+/// the complete set is applied and the adopted containers' states are in (or after 5 s), even
+/// when empty, so the manager knows its view of this node is current
+/// (`DispatcherService::wait_synced`).
+async fn flush<E: Engine>(
+    mut client: Client,
+    node_id: &str,
+    core: &Core<E>,
+    mut complete: watch::Receiver<bool>,
+    config: &AgentConfig,
+) -> Result<(), SessionError> {
+    let reports = &core.reports;
+    if complete.wait_for(|c| *c).await.is_err() {
+        return Err(SessionError::Protocol("the session ended before its first message".into()));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        reports.wait().await;
-        // Let a burst (a whole stack starting) gather into one call.
-        tokio::time::sleep(config.status_batch_window).await;
+        let waiting: Vec<u64> = lock(&core.adopted).iter().copied().collect();
+        if reports.has_all(&waiting) || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The sync report goes out even when there is nothing to report.
+    let mut must_send = true;
+    loop {
+        if !must_send {
+            reports.wait().await;
+            // Let a burst (a whole stack starting) gather into one call.
+            tokio::time::sleep(config.status_batch_window).await;
+        }
         loop {
             let batch = reports.take(config.status_batch_max.max(1));
-            if batch.is_empty() {
+            if batch.is_empty() && !must_send {
                 break;
             }
-            let mut request =
-                tonic::Request::new(pb::UpdateTaskStatusRequest { node_id: node_id.to_string(), updates: batch.clone() });
+            must_send = false;
+            let mut request = tonic::Request::new(pb::UpdateTaskStatusRequest {
+                node_id: node_id.to_string(),
+                updates: batch.clone(),
+            });
             request.set_timeout(config.rpc_timeout);
             match client.update_task_status(request).await {
                 Ok(_) => reports.acked(&batch),
@@ -372,7 +417,9 @@ async fn flush(mut client: Client, node_id: &str, reports: &Reports, config: &Ag
 /// A number in [0, 1) that differs between agents and calls (std's per-instance random hash keys).
 fn random_unit() -> f64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64);
+    hasher.write_u64(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
+    );
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
@@ -411,6 +458,16 @@ struct Wanted {
     /// Whether the manager wants to hear about it (false for containers of tasks it no longer
     /// gives this node: they are removed silently).
     report: bool,
+    /// `down -v`: remove the container's anonymous volumes and, once the stack has no container
+    /// left here, its named volumes.
+    remove_volumes: bool,
+}
+
+impl Wanted {
+    /// A container of a task the manager no longer gives this node: removed without a report.
+    fn stale() -> Wanted {
+        Wanted { desired: Desired::Remove, spec: None, spec_error: None, report: false, remove_volumes: false }
+    }
 }
 
 struct TaskSlot {
@@ -430,6 +487,10 @@ struct Core<E: Engine> {
     /// One build/pull per image reference at a time.
     image_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tasks whose containers were adopted at start and are still assigned here: the first
+    /// status report of a session waits (briefly) for their states, so the manager's view is
+    /// complete once it has heard from the agent (see the sync report in `flush`).
+    adopted: Mutex<HashSet<u64>>,
 }
 
 impl<E: Engine> Core<E> {
@@ -465,9 +526,10 @@ impl<E: Engine> Core<E> {
             stale.dedup();
             for id in stale {
                 tracing::info!(task = id, "removing a container the manager no longer assigns to this node");
-                self.set(id, Wanted { desired: Desired::Remove, spec: None, spec_error: None, report: false });
+                self.set(id, Wanted::stale());
             }
             self.reports.retain(|id| keep.contains(&id));
+            lock(&self.adopted).retain(|id| keep.contains(id));
         }
         for a in message.changed {
             let desired = match pb::DesiredState::try_from(a.desired) {
@@ -480,10 +542,10 @@ impl<E: Engine> Core<E> {
                 }
             };
             let (spec, spec_error) = decode_spec(&a);
-            self.set(a.task, Wanted { desired, spec, spec_error, report: true });
+            self.set(a.task, Wanted { desired, spec, spec_error, report: true, remove_volumes: a.remove_volumes });
         }
         for id in message.removed {
-            self.set(id, Wanted { desired: Desired::Remove, spec: None, spec_error: None, report: false });
+            self.set(id, Wanted::stale());
         }
     }
 
@@ -495,11 +557,13 @@ impl<E: Engine> Core<E> {
                 let desired_changed = current.desired != wanted.desired;
                 let gains_spec = current.spec.is_none() && wanted.spec.is_some();
                 let silenced = current.report && !wanted.report;
-                if !(desired_changed || gains_spec || silenced) {
+                let volumes = wanted.remove_volumes && !current.remove_volumes;
+                if !(desired_changed || gains_spec || silenced || volumes) {
                     return false;
                 }
                 current.desired = wanted.desired;
                 current.report &= wanted.report;
+                current.remove_volumes |= wanted.remove_volumes;
                 // A removal carries no spec; keep the one we have (health mapping uses it).
                 if wanted.spec.is_some() {
                     current.spec = wanted.spec.clone();
@@ -559,6 +623,45 @@ impl<E: Engine> Core<E> {
         Ok(())
     }
 
+    /// After a task's container is gone: when no container of its project is left on this
+    /// engine and no task of the project is about to start here, removes the project's networks
+    /// (and, for `down -v`, its named volumes). External ones are never touched. Best effort:
+    /// an engine that refuses (a network still in use) leaves them.
+    async fn clean_up_project(&self, spec: &TaskSpec, volumes: bool) {
+        let project = spec.container.identity.project.as_str();
+        if project.is_empty() {
+            return;
+        }
+        let busy = lock(&self.tasks).values().any(|slot| {
+            let w = slot.wanted.borrow();
+            w.desired != Desired::Remove && w.spec.as_ref().is_some_and(|s| s.container.identity.project == project)
+        });
+        if busy {
+            return;
+        }
+        let _guard = self.network_lock.lock().await;
+        match self.engine.list(&[(labels::PROJECT, project)]).await {
+            Ok(left) if left.is_empty() => {}
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(project, error = %e, "cannot list the project's containers; its networks stay");
+                return;
+            }
+        }
+        for network in spec.networks.iter().filter(|n| !n.external) {
+            if let Err(e) = self.engine.remove_network(&network.name).await {
+                tracing::debug!(network = %network.name, error = %e, "network not removed");
+            }
+        }
+        if volumes {
+            for volume in spec.volumes.iter().filter(|v| !v.external) {
+                if let Err(e) = self.engine.remove_volume(&volume.name).await {
+                    tracing::warn!(volume = %volume.name, error = %e, "volume not removed");
+                }
+            }
+        }
+    }
+
     /// Stops the task's container if it has one; false when there is none.
     async fn stop_task(&self, id: u64) -> bool {
         match self.runner.stop(&id.to_string()).await {
@@ -591,6 +694,7 @@ impl<E: Engine> Core<E> {
 async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut wanted: watch::Receiver<Wanted>) {
     let key = id.to_string();
     let mut started = false;
+    let mut retry = Duration::from_secs(1);
     loop {
         let current = wanted.borrow_and_update().clone();
         match current.desired {
@@ -602,11 +706,9 @@ async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut w
                             // Wait for the container to exist, so that a stop that follows finds it.
                             Ok(()) => {
                                 let mut observed = slot.observed.subscribe();
-                                let _ = tokio::time::timeout(
-                                    Duration::from_secs(120),
-                                    observed.wait_for(|s| s.is_some()),
-                                )
-                                .await;
+                                let _ =
+                                    tokio::time::timeout(Duration::from_secs(120), observed.wait_for(|s| s.is_some()))
+                                        .await;
                             }
                             Err(reason) => core.report(id, pb::TaskState::Failed, reason),
                         },
@@ -626,25 +728,35 @@ async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut w
             }
             Desired::Remove => {
                 core.stop_task(id).await;
-                let removed = match core.runner.remove(&key, false).await {
-                    Ok(()) | Err(RunnerError::UnknownTask(_)) => true,
+                match core.runner.remove(&key, current.remove_volumes).await {
+                    Ok(()) | Err(RunnerError::UnknownTask(_)) => {
+                        // Before the report: once every task is reported removed, `down` is
+                        // done, and the process may end.
+                        if let Some(spec) = &current.spec {
+                            core.clean_up_project(spec, current.report && current.remove_volumes).await;
+                        }
+                        if current.report {
+                            core.report(id, pb::TaskState::Removed, "removed");
+                        }
+                        let mut tasks = lock(&core.tasks);
+                        if tasks.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                            tasks.remove(&id);
+                        }
+                        return;
+                    }
                     Err(e) => {
-                        tracing::warn!(task = id, error = %e, "removing the container failed");
+                        tracing::warn!(task = id, error = %e, "removing the container failed; retrying");
                         if current.report {
                             core.report(id, pb::TaskState::Failed, format!("removing the container failed: {e}"));
                         }
-                        false
+                        // Retry, sooner if the assignment changes.
+                        let delay = retry;
+                        retry = (retry * 2).min(Duration::from_secs(30));
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            changed = wanted.changed() => if changed.is_err() { return } else { continue },
+                        }
                     }
-                };
-                if removed {
-                    if current.report {
-                        core.report(id, pb::TaskState::Removed, "removed");
-                    }
-                    let mut tasks = lock(&core.tasks);
-                    if tasks.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
-                        tasks.remove(&id);
-                    }
-                    return;
                 }
             }
         }
@@ -678,6 +790,18 @@ fn has_healthcheck(spec: Option<&TaskSpec>) -> bool {
         .is_some_and(|h| !h.disable && h.test.first().map(String::as_str) != Some("NONE"))
 }
 
+/// Whether the engine restarts the container after this exit (only when the spec gives it a
+/// restart policy: embedded mode). `on-failure` with a retry limit is left to the manager, since
+/// the agent cannot tell when the engine gives up.
+fn engine_restarts(spec: Option<&TaskSpec>, exit_code: Option<i64>) -> bool {
+    let Some(code) = exit_code else { return false };
+    match spec.and_then(|s| s.container.restart) {
+        Some(RestartPolicy::Always | RestartPolicy::UnlessStopped) => true,
+        Some(RestartPolicy::OnFailure { max_retries: None }) => code != 0,
+        Some(RestartPolicy::OnFailure { max_retries: Some(_) } | RestartPolicy::No) | None => false,
+    }
+}
+
 /// The runner's view of a container, as the protocol's task status.
 fn translate(task: u64, status: runner::TaskStatus, wanted: Option<&Wanted>) -> pb::TaskStatus {
     use runner::TaskState as S;
@@ -687,6 +811,7 @@ fn translate(task: u64, status: runner::TaskStatus, wanted: Option<&Wanted>) -> 
         task,
         container_id: status.container_id.unwrap_or_default(),
         message: status.message,
+        ports: status.ports,
         ..pb::TaskStatus::default()
     };
     let (state, health) = match status.state {
@@ -701,10 +826,15 @@ fn translate(task: u64, status: runner::TaskStatus, wanted: Option<&Wanted>) -> 
         }
         S::Failed { .. } => (pb::TaskState::Failed, pb::Health::Unspecified),
     };
-    // An exit the manager asked for is a shutdown, not a failure.
-    let state = if desired != Desired::Running && matches!(state, pb::TaskState::Complete | pb::TaskState::Failed) {
+    let ended = matches!(state, pb::TaskState::Complete | pb::TaskState::Failed);
+    let state = if ended && desired != Desired::Running {
+        // An exit the manager asked for is a shutdown, not a failure.
         out.message = format!("shut down ({})", out.message);
         pb::TaskState::Shutdown
+    } else if ended && engine_restarts(spec, out.exit_code) {
+        // Embedded mode: the engine's restart policy brings the container back; the task lives on.
+        out.message = format!("restarting ({})", out.message);
+        pb::TaskState::Starting
     } else {
         state
     };
@@ -759,6 +889,12 @@ impl Reports {
         }
     }
 
+    /// Whether a status of each of these tasks has been seen.
+    fn has_all(&self, tasks: &[u64]) -> bool {
+        let st = lock(&self.state);
+        tasks.iter().all(|id| st.latest.contains_key(id))
+    }
+
     fn take(&self, max: usize) -> Vec<pb::TaskStatus> {
         let mut st = lock(&self.state);
         let ids: Vec<u64> = st.pending.keys().take(max).copied().collect();
@@ -809,11 +945,17 @@ mod tests {
     use super::*;
 
     fn wanted(desired: Desired) -> Wanted {
-        Wanted { desired, spec: None, spec_error: None, report: true }
+        Wanted { desired, spec: None, spec_error: None, report: true, remove_volumes: false }
     }
 
     fn status(state: runner::TaskState) -> runner::TaskStatus {
-        runner::TaskStatus { task_id: "7".into(), container_id: Some("c".into()), state, message: "m".into() }
+        runner::TaskStatus {
+            task_id: "7".into(),
+            container_id: Some("c".into()),
+            state,
+            message: "m".into(),
+            ports: Vec::new(),
+        }
     }
 
     #[test]
@@ -828,6 +970,20 @@ mod tests {
         let stopping = wanted(Desired::Shutdown);
         let s = translate(7, status(runner::TaskState::Exited { code: 143 }), Some(&stopping));
         assert_eq!((s.state, s.exit_code), (pb::TaskState::Shutdown as i32, Some(143)));
+    }
+
+    #[test]
+    fn exits_the_engine_restarts_are_not_terminal() {
+        let mut spec = TaskSpec::default();
+        spec.container.restart = Some(RestartPolicy::Always);
+        let w = Wanted { spec: Some(Arc::new(spec)), ..wanted(Desired::Running) };
+        let s = translate(7, status(runner::TaskState::Exited { code: 1 }), Some(&w));
+        assert_eq!((s.state, s.exit_code), (pb::TaskState::Starting as i32, Some(1)));
+        let mut spec = TaskSpec::default();
+        spec.container.restart = Some(RestartPolicy::No);
+        let w = Wanted { spec: Some(Arc::new(spec)), ..wanted(Desired::Running) };
+        let s = translate(7, status(runner::TaskState::Exited { code: 1 }), Some(&w));
+        assert_eq!(s.state, pb::TaskState::Failed as i32);
     }
 
     #[test]

@@ -22,10 +22,11 @@ use crate::manager::{Manager, ManagerConfig, ManagerError};
 use crate::store::raft::StoreError;
 use crate::store::state::NodeStatus;
 
-/// The embedded node's id: there is only one node, on this machine.
-const NODE_ID: &str = "local";
 const ADDRESS_FILE: &str = "manager.addr";
 const TOKEN_FILE: &str = "join-token";
+/// The embedded node's id, made once per state dir. Each agent manages only containers labelled
+/// with its node id, so two state dirs on one engine must never share one.
+const NODE_ID_FILE: &str = "node-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -53,6 +54,7 @@ struct Running {
     agent: JoinHandle<()>,
     logs: JoinHandle<()>,
     state_dir: PathBuf,
+    node_id: String,
 }
 
 impl Embedded {
@@ -61,7 +63,8 @@ impl Embedded {
         tokio::fs::create_dir_all(state_dir).await.map_err(dir_error)?;
         // Reach the engine first: without it nothing can run, and the error says so plainly.
         let engine = Arc::new(DockerEngine::connect().await?);
-        let token = join_token(state_dir).await.map_err(dir_error)?;
+        let token = secret_file(state_dir, TOKEN_FILE, "SHOAL-", 16).await.map_err(dir_error)?;
+        let node_id = secret_file(state_dir, NODE_ID_FILE, "local-", 4).await.map_err(dir_error)?;
 
         let mut config = ManagerConfig::new(state_dir, "127.0.0.1:0", token.clone());
         // Nothing watches the containers between invocations: let the engine restart them.
@@ -72,7 +75,9 @@ impl Embedded {
                 if let Ok(address) = tokio::fs::read_to_string(state_dir.join(ADDRESS_FILE)).await {
                     return Ok(Embedded { address: address.trim().to_string(), running: None });
                 }
-                return Err(EmbeddedError::Manager(ManagerError::Store(StoreError::Locked { path: state_dir.to_path_buf() })));
+                return Err(EmbeddedError::Manager(ManagerError::Store(StoreError::Locked {
+                    path: state_dir.to_path_buf(),
+                })));
             }
             Err(e) => return Err(e.into()),
         };
@@ -82,20 +87,24 @@ impl Embedded {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let logs_listener = TcpListener::bind("127.0.0.1:0").await.map_err(EmbeddedError::Listen)?;
         let logs_address = logs_listener.local_addr().map_err(EmbeddedError::Listen)?;
-        let logs_service = AgentService::new(engine.clone()).for_node(NODE_ID).into_server();
+        let logs_service = AgentService::new(engine.clone()).for_node(node_id.clone()).into_server();
         let mut stop = shutdown_rx.clone();
         let logs = tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
             };
             let incoming = TcpListenerStream::new(logs_listener);
-            if let Err(e) = tonic::transport::Server::builder().add_service(logs_service).serve_with_incoming_shutdown(incoming, signal).await {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(logs_service)
+                .serve_with_incoming_shutdown(incoming, signal)
+                .await
+            {
                 tracing::error!("agent logs endpoint stopped: {e}");
             }
         });
 
         let mut agent_config = AgentConfig::new(vec![address.clone()], token);
-        agent_config.node_id = Some(NODE_ID.to_string());
+        agent_config.node_id = Some(node_id.clone());
         agent_config.role = "manager".into();
         agent_config.advertise_addr = Some(logs_address.to_string());
         let agent_shutdown = shutdown_rx.clone();
@@ -105,7 +114,7 @@ impl Embedded {
             }
         });
 
-        let running = Running { manager, shutdown, agent, logs, state_dir: state_dir.to_path_buf() };
+        let running = Running { manager, shutdown, agent, logs, state_dir: state_dir.to_path_buf(), node_id };
         let embedded = Embedded { address, running: Some(running) };
         embedded.wait_for_agent(Duration::from_secs(15)).await?;
         Ok(embedded)
@@ -116,14 +125,16 @@ impl Embedded {
         self.address.clone()
     }
 
-    /// Waits until the local node is registered and ready, so that the first request sees it.
+    /// Waits until the local agent is registered and has reported the containers it adopted,
+    /// so that the first request sees what happened while no shoal process ran.
     async fn wait_for_agent(&self, timeout: Duration) -> Result<(), EmbeddedError> {
         let Some(running) = &self.running else { return Ok(()) };
         let cluster = &running.manager.cluster;
         let mut changes = cluster.subscribe();
+        let node = running.node_id.as_str();
         let ready = async {
             loop {
-                if cluster.read(|s| s.nodes.get(NODE_ID).is_some_and(|n| n.status == NodeStatus::Ready)) {
+                if cluster.read(|s| s.nodes.get(node).is_some_and(|n| n.status == NodeStatus::Ready)) {
                     return;
                 }
                 if changes.changed().await.is_err() {
@@ -131,7 +142,14 @@ impl Embedded {
                 }
             }
         };
-        tokio::time::timeout(timeout, ready).await.map_err(|_| EmbeddedError::AgentTimeout(timeout))
+        let started = tokio::time::Instant::now();
+        tokio::time::timeout(timeout, ready).await.map_err(|_| EmbeddedError::AgentTimeout(timeout))?;
+        let left = timeout.saturating_sub(started.elapsed());
+        if running.manager.dispatcher.wait_synced(node, left).await {
+            Ok(())
+        } else {
+            Err(EmbeddedError::AgentTimeout(timeout))
+        }
     }
 
     /// Stops the agent (containers keep running) and the manager (state stays on disk).
@@ -145,9 +163,9 @@ impl Embedded {
     }
 }
 
-/// The cluster's join token, made once per state dir from the system's random source.
-async fn join_token(state_dir: &Path) -> std::io::Result<String> {
-    let path = state_dir.join(TOKEN_FILE);
+/// A random value made once per state dir (`<prefix><2×bytes hex digits>`) and kept in `file`.
+async fn secret_file(state_dir: &Path, file: &str, prefix: &str, bytes: usize) -> std::io::Result<String> {
+    let path = state_dir.join(file);
     match tokio::fs::read_to_string(&path).await {
         Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
         Ok(_) => {}
@@ -155,17 +173,17 @@ async fn join_token(state_dir: &Path) -> std::io::Result<String> {
         Err(e) => return Err(e),
     }
     // /dev/urandom never ends: read a fixed amount.
-    let bytes = random_bytes().await?;
+    let bytes = random_bytes(bytes).await?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let token = format!("SHOAL-{token}");
+    let token = format!("{prefix}{token}");
     tokio::fs::write(&path, &token).await?;
     Ok(token)
 }
 
-async fn random_bytes() -> std::io::Result<Vec<u8>> {
+async fn random_bytes(count: usize) -> std::io::Result<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut file = tokio::fs::File::open("/dev/urandom").await?;
-    let mut bytes = vec![0u8; 16];
+    let mut bytes = vec![0u8; count];
     file.read_exact(&mut bytes).await?;
     Ok(bytes)
 }

@@ -1,11 +1,11 @@
 pub mod cli;
 pub mod compose;
+pub mod controlapi;
 pub mod dispatcher;
+pub mod embedded;
 pub mod graph;
 pub mod manager;
 pub mod reconciler;
 pub mod scheduler;
 pub mod store;
 pub mod wire;
-pub mod controlapi;
-pub mod embedded;

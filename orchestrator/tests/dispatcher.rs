@@ -20,9 +20,7 @@ use shoal_orchestrator::manager::machine::ClusterMachine;
 use shoal_orchestrator::manager::{orchestrate, Cluster};
 use shoal_orchestrator::store::command::{Command, RecreatePolicy, ServiceDeployment};
 use shoal_orchestrator::store::raft::{self, NoopTransport, RaftConfig};
-use shoal_orchestrator::store::state::{
-    ClusterState, DesiredState, NodeStatus, ServiceId, ServiceMode, TaskState,
-};
+use shoal_orchestrator::store::state::{ClusterState, DesiredState, NodeStatus, ServiceId, ServiceMode, TaskState};
 use shoal_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,12 +47,17 @@ struct Manager {
     dispatcher: DispatcherService,
     address: String,
     shutdown: watch::Sender<bool>,
-    _dir: tempfile::TempDir,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Manager {
     async fn start(config: DispatcherConfig) -> Manager {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Manager::start_at(config, tempfile::tempdir().expect("temp dir"), "127.0.0.1:0").await
+    }
+
+    /// A manager on `dir`'s raft state, listening on `listen`.
+    async fn start_at(config: DispatcherConfig, dir: tempfile::TempDir, listen: &str) -> Manager {
         let (machine, changes) = ClusterMachine::new();
         let node = raft::start(RaftConfig::new(1, dir.path()), machine, Arc::new(NoopTransport)).await.expect("raft");
         node.handle.wait_for(WAIT, |s| s.is_leader()).await.expect("leader");
@@ -63,15 +66,24 @@ impl Manager {
         tokio::spawn(orchestrate::run(cluster.clone(), shutdown_rx.clone()));
         let (dispatcher, _tasks) =
             DispatcherService::start(cluster.clone(), config, shutdown_rx.clone()).expect("dispatcher config");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
         let address = format!("http://{}", listener.local_addr().expect("address"));
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let server = tonic::transport::Server::builder().add_service(dispatcher.clone().into_server());
         let mut stop = shutdown_rx;
-        tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
+        let server = tokio::spawn(server.serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
-        Manager { cluster, dispatcher, address, shutdown, _dir: dir }
+        Manager { cluster, dispatcher, address, shutdown, server, dir: Some(dir) }
+    }
+
+    /// Stops everything (open sessions end) and gives back the state dir.
+    async fn stop(mut self) -> tempfile::TempDir {
+        self.shutdown.send_replace(true);
+        let server = std::mem::replace(&mut self.server, tokio::spawn(async { Ok(()) }));
+        tokio::time::timeout(WAIT, server).await.expect("the server stops").expect("server task").expect("server");
+        self.cluster.raft().clone().shutdown().await;
+        self.dir.take().expect("state dir")
     }
 
     fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
@@ -79,7 +91,11 @@ impl Manager {
     }
 
     async fn deploy(&self, yaml: &str) {
-        let project = load(yaml);
+        self.deploy_as("shop", yaml).await;
+    }
+
+    async fn deploy_as(&self, name: &str, yaml: &str) {
+        let project = load(name, yaml);
         let services = project
             .services
             .iter()
@@ -104,7 +120,11 @@ impl Manager {
     }
 
     async fn scale(&self, service: &str, replicas: u64) {
-        let command = Command::ScaleService { service: ServiceId::new("shop", service), replicas, at: now() };
+        self.scale_in("shop", service, replicas).await;
+    }
+
+    async fn scale_in(&self, stack: &str, service: &str, replicas: u64) {
+        let command = Command::ScaleService { service: ServiceId::new(stack, service), replicas, at: now() };
         self.cluster.propose(command).await.expect("scale");
     }
 
@@ -132,12 +152,12 @@ impl Drop for Manager {
     }
 }
 
-fn load(yaml: &str) -> Project {
+fn load(name: &str, yaml: &str) -> Project {
     let file = PathBuf::from("/proj/compose.yaml");
     let options = LoadOptions {
         files: vec![file.clone()],
         working_dir: PathBuf::from("/proj"),
-        project_name: Some("shop".into()),
+        project_name: Some(name.into()),
         ..LoadOptions::default()
     };
     load_in_memory(&options, BTreeMap::from([(file, yaml.to_string())])).expect("the test project loads").project
@@ -194,6 +214,10 @@ services:
       replicas: 3
   worker:
     image: shoal-test/worker
+    ports: ["9000:90"]
+    volumes: ["data:/data"]
+volumes:
+  data: {}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,6 +254,9 @@ async fn tasks_run_on_agents_and_follow_scaling() {
     assert_eq!(on("node-b"), b.running_containers().await);
     assert_eq!(a.engine.container_count() + b.engine.container_count(), 4);
     assert!(a.engine.network_exists("shop_default") || b.engine.network_exists("shop_default"));
+    let worker_ports =
+        manager.read(|s| s.tasks.values().find(|t| t.service.service == "worker").map(|t| t.ports.clone()));
+    assert_eq!(worker_ports, Some(vec!["0.0.0.0:9000->90/tcp".to_string()]));
 
     manager.scale("web", 5).await;
     eventually("5 web running across both nodes", WAIT, || {
@@ -246,6 +273,22 @@ async fn tasks_run_on_agents_and_follow_scaling() {
         let containers = a.engine.container_count() + b.engine.container_count();
         let web_tasks = manager.read(|s| s.tasks.values().filter(|t| t.service.service == "web").count());
         (web == 1 && containers == 2 && web_tasks == 1).then_some(())
+    })
+    .await;
+
+    // `down -v`: containers, the network and the named volume go; the stack is forgotten.
+    let worker_node =
+        manager.read(|s| s.tasks.values().find(|t| t.service.service == "worker").and_then(|t| t.node.clone()));
+    let worker_engine = if worker_node.as_deref() == Some("node-a") { &a.engine } else { &b.engine };
+    assert!(worker_engine.volume_exists("shop_data"));
+    let command = Command::RemoveStack { stack: "shop".into(), remove_volumes: true, at: now() };
+    manager.cluster.propose(command).await.expect("remove stack");
+    eventually("the stack removed everywhere", WAIT, || {
+        let gone = manager.read(|s| s.stacks.is_empty() && s.tasks.is_empty());
+        let engines_clean = [&a.engine, &b.engine]
+            .iter()
+            .all(|e| e.container_count() == 0 && !e.network_exists("shop_default") && !e.volume_exists("shop_data"));
+        (gone && engines_clean).then_some(())
     })
     .await;
 
@@ -275,7 +318,7 @@ async fn a_wrong_join_token_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_node_goes_down_its_tasks_move_and_its_stale_containers_go_when_it_returns() {
     let config = DispatcherConfig::new(TOKEN).with_heartbeat(Duration::from_millis(200), 4);
-    let down_after = config.down_after;
+    let (period, down_after) = (config.heartbeat_period, config.down_after);
     let manager = Manager::start(config).await;
     let a = Agent::start(&manager, "node-a", MockEngine::new());
     let b = Agent::start(&manager, "node-b", MockEngine::new());
@@ -301,10 +344,13 @@ async fn a_silent_node_goes_down_its_tasks_move_and_its_stale_containers_go_when
     .await;
     let detected = stopped.elapsed();
     assert!(message.starts_with("no heartbeat for "), "{message}");
-    assert!(detected >= down_after, "marked down after {detected:?}, before {down_after:?}");
+    // Counted from the last heartbeat, which came up to one period before the agent stopped.
+    assert!(detected + period >= down_after, "marked down after {detected:?}, before {down_after:?}");
     assert!(detected < down_after + Duration::from_secs(3), "marked down only after {detected:?}");
-    eventually("all 4 web tasks running on node-b", WAIT, || (manager.running("web").get("node-b") == Some(&4)).then_some(()))
-        .await;
+    eventually("all 4 web tasks running on node-b", WAIT, || {
+        (manager.running("web").get("node-b") == Some(&4)).then_some(())
+    })
+    .await;
     assert_eq!(b.engine.container_count(), 4);
 
     // The node comes back: it is Ready again and its stale containers are stopped and removed.
@@ -319,6 +365,12 @@ async fn a_silent_node_goes_down_its_tasks_move_and_its_stale_containers_go_when
     b.stop().await;
 }
 
+/// Waits until the (single) agent has opened its `restarts + 1`th session, so `wait_synced` is
+/// not answered by the session of the agent that was just stopped.
+async fn new_session(manager: &Manager, restarts: u64) {
+    eventually("a new session", WAIT, || (manager.dispatcher.stats().sessions_opened > restarts).then_some(())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_adopts_its_containers() {
     // A long down window: the restart must not look like a node loss.
@@ -328,25 +380,31 @@ async fn a_restarted_agent_adopts_its_containers() {
     eventually("2 web running", WAIT, || (manager.running("web").get("node-a") == Some(&2)).then_some(())).await;
     let before = a.running_containers().await;
     assert_eq!(before.len(), 2);
-    let task_containers = |m: &Manager| {
-        m.read(|s| s.tasks.values().map(|t| (t.id, t.container_id.clone())).collect::<BTreeMap<_, _>>())
-    };
+    let task_containers =
+        |m: &Manager| m.read(|s| s.tasks.values().map(|t| (t.id, t.container_id.clone())).collect::<BTreeMap<_, _>>());
     let tasks_before = task_containers(&manager);
-    let sessions = manager.dispatcher.stats().sessions_opened;
-    let updates = manager.dispatcher.stats().status_updates;
+    assert!(manager.dispatcher.wait_synced("node-a", WAIT).await);
 
     let engine = a.stop().await;
     let a = Agent::start(&manager, "node-a", engine);
-    // The new session has started and the agent has re-reported its (adopted) tasks.
-    eventually("a new session and fresh reports", WAIT, || {
-        let stats = manager.dispatcher.stats();
-        (stats.sessions_opened > sessions && stats.status_updates >= updates + 2).then_some(())
-    })
-    .await;
+    // Once synced, the state already reflects the adopted containers: nothing was recreated.
+    new_session(&manager, 1).await;
+    assert!(manager.dispatcher.wait_synced("node-a", WAIT).await, "the restarted agent syncs");
     assert_eq!(a.running_containers().await, before, "the same containers, none recreated");
     assert_eq!(a.engine.container_count(), 2);
     assert_eq!(task_containers(&manager), tasks_before);
     assert_eq!(manager.running("web").get("node-a"), Some(&2));
+
+    // A container that exits while no agent runs: the first report of the next session says so.
+    let engine = a.stop().await;
+    let (task, container) =
+        tasks_before.iter().next().map(|(t, c)| (*t, c.clone().expect("container"))).expect("a task");
+    engine.stop(&container, Duration::from_secs(1)).await.expect("stop");
+    let a = Agent::start(&manager, "node-a", engine);
+    new_session(&manager, 2).await;
+    assert!(manager.dispatcher.wait_synced("node-a", WAIT).await);
+    let state = manager.read(|s| s.tasks.get(&task).map(|t| (t.state, t.exit_code)));
+    assert!(state.is_none_or(|(state, _)| state.is_terminal()), "not yet reported as exited: {state:?}");
     a.stop().await;
 }
 
@@ -354,8 +412,7 @@ async fn a_restarted_agent_adopts_its_containers() {
 async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
     // This raw client never heartbeats: keep its node up for the whole test.
     let manager = Manager::start(DispatcherConfig::new(TOKEN).with_heartbeat(Duration::from_millis(250), 80)).await;
-    let mut client =
-        pb::dispatcher_client::DispatcherClient::connect(manager.address.clone()).await.expect("connect");
+    let mut client = pb::dispatcher_client::DispatcherClient::connect(manager.address.clone()).await.expect("connect");
     let node = pb::Node {
         hostname: "raw".into(),
         nano_cpus: 2_000_000_000,
@@ -443,4 +500,123 @@ async fn concurrent_status_reports_share_one_store_write() {
     let stats = manager.dispatcher.stats();
     assert_eq!(stats.status_updates, 40);
     assert!(stats.status_proposals <= 3, "40 concurrent reports took {} store writes", stats.status_proposals);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_ride_out_a_manager_restart_and_fail_over_in_order() {
+    let config = DispatcherConfig::new(TOKEN).with_heartbeat(Duration::from_millis(250), 8);
+    let manager = Manager::start(config.clone()).await;
+    let address = manager.address.clone();
+    // The first address has nobody listening: the agent moves on to the next one.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("address"))
+    };
+    let a = Agent::start_with(vec![closed, address.clone()], TOKEN, "node-a", MockEngine::new());
+    manager.deploy("services:\n  web:\n    image: shoal-test/web\n    deploy:\n      replicas: 2\n").await;
+    eventually("2 web running", WAIT, || (manager.running("web").get("node-a") == Some(&2)).then_some(())).await;
+    let before = a.running_containers().await;
+
+    // No manager for a while: the containers keep running.
+    let dir = manager.stop().await;
+    let listen = address.trim_start_matches("http://").to_string();
+    assert_eq!(a.running_containers().await, before);
+    let manager = Manager::start_at(config, dir, &listen).await;
+    eventually("the agent back in session", WAIT, || (manager.dispatcher.stats().sessions_opened >= 1).then_some(()))
+        .await;
+    eventually("its tasks still running, in the same containers", WAIT, || {
+        let containers: BTreeSet<String> = manager.read(|s| {
+            s.node_tasks("node-a")
+                .filter(|t| t.state == TaskState::Running && t.desired == DesiredState::Running)
+                .filter_map(|t| t.container_id.clone())
+                .collect()
+        });
+        (containers == before).then_some(())
+    })
+    .await;
+    assert_eq!(a.running_containers().await, before);
+    assert_eq!(a.engine.container_count(), 2);
+    a.stop().await;
+}
+
+/// Removes every Docker object a test run created, even when the test fails.
+struct DockerCleanup {
+    node: String,
+    project: String,
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        let docker = |args: &[&str]| std::process::Command::new("docker").args(args).output().ok();
+        let filter = format!("label=io.shoal.node={}", self.node);
+        if let Some(out) = docker(&["ps", "-aq", "--filter", &filter]) {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                docker(&["rm", "-f", "-v", id]);
+            }
+        }
+        docker(&["network", "rm", &format!("{}_default", self.project)]);
+    }
+}
+
+/// The same protocol against the real engine, with the offline test image (skipped, saying so,
+/// where there is no Docker engine or no `shoal-test/busybox:latest`; `scripts/test-image`
+/// imports it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_agent_runs_scales_and_removes_real_containers() {
+    use shoal_agent::engine::docker::DockerEngine;
+    let Ok(engine) = DockerEngine::connect().await else {
+        eprintln!("skipped: no Docker engine");
+        return;
+    };
+    let image = shoal_agent::ImageSpec {
+        image: Some("shoal-test/busybox:latest".into()),
+        pull_policy: shoal_agent::PullPolicy::Never,
+        ..Default::default()
+    };
+    if let Err(e) = engine.ensure_image(&image, None).await {
+        eprintln!("skipped: {e} (run scripts/test-image)");
+        return;
+    }
+    let run = format!("{}{}", std::process::id(), now() % 100_000);
+    let cleanup = DockerCleanup { node: format!("dispatch-test-{run}"), project: format!("shoaldispatch{run}") };
+    let manager = Manager::start(fast()).await;
+    let mut config = AgentConfig::new(vec![manager.address.clone()], TOKEN);
+    config.node_id = Some(cleanup.node.clone());
+    let (stop, stop_rx) = watch::channel(false);
+    let engine = Arc::new(engine);
+    let agent = tokio::spawn(run_agent(config, engine.clone(), stop_rx));
+
+    let yaml = format!(
+        "services:\n  web:\n    image: shoal-test/busybox:latest\n    command: [sleep, '300']\n    init: true\n    \
+         labels:\n      io.shoal.test: '{run}'\n    deploy:\n      replicas: 2\n"
+    );
+    manager.deploy_as(&cleanup.project, &yaml).await;
+    let running = |m: &Manager| {
+        m.read(|s| {
+            s.tasks.values().filter(|t| t.state == TaskState::Running && t.desired == DesiredState::Running).count()
+        })
+    };
+    eventually("2 real containers running", Duration::from_secs(60), || (running(&manager) == 2).then_some(())).await;
+    let listed = engine.list(&[(labels::NODE, cleanup.node.as_str())]).await.expect("list");
+    let mut names: Vec<String> = listed.iter().filter(|c| c.is_running()).map(|c| c.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, vec![format!("{}-web-1", cleanup.project), format!("{}-web-2", cleanup.project)]);
+
+    manager.scale_in(&cleanup.project, "web", 1).await;
+    // The scaled-away task is forgotten once its agent reported the container removed.
+    eventually("scaled down to 1", Duration::from_secs(60), || {
+        (running(&manager) == 1 && manager.read(|s| s.tasks.len()) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(engine.list(&[(labels::NODE, cleanup.node.as_str())]).await.expect("list").len(), 1);
+
+    let command = Command::RemoveStack { stack: cleanup.project.clone(), remove_volumes: false, at: now() };
+    manager.cluster.propose(command).await.expect("remove stack");
+    eventually("the stack gone from the state", Duration::from_secs(60), || {
+        manager.read(|s| s.stacks.is_empty()).then_some(())
+    })
+    .await;
+    assert!(engine.list(&[(labels::NODE, cleanup.node.as_str())]).await.expect("list").is_empty());
+    stop.send_replace(true);
+    agent.await.expect("agent task").expect("agent");
 }

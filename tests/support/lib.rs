@@ -1,5 +1,8 @@
 //! Support for tests that run the real `shoal` binary: where it is, how to run it in a clean
-//! environment, and scratch project directories that remove themselves.
+//! environment, and scratch project directories that remove themselves. [`stack`]: end-to-end
+//! projects on the real Docker engine.
+
+pub mod stack;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

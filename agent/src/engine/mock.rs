@@ -15,9 +15,9 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::sync::{broadcast, watch};
 
 use crate::engine::{
-    ContainerState, ContainerStatus, Engine, EngineError, EngineEvent, EngineResult, EventFilter, EventKind,
-    EngineInfo, HealthStatus, ImageReady, ImageSource, LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome,
-    WaitCondition, WaitOutcome,
+    ContainerState, ContainerStatus, Engine, EngineError, EngineEvent, EngineInfo, EngineResult, EventFilter,
+    EventKind, HealthStatus, ImageReady, ImageSource, LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions,
+    StopOutcome, WaitCondition, WaitOutcome,
 };
 use crate::labels;
 use crate::spec::{ContainerSpec, ImageSpec, NetworkSpec, PullPolicy, VolumeSpec};
@@ -71,6 +71,8 @@ struct State {
 struct MockContainer {
     state: watch::Sender<ContainerState>,
     behavior: MockBehavior,
+    /// What `ports` shows while the container runs.
+    ports: Vec<String>,
     /// Bumped on every start and stop so timers of an earlier run do nothing.
     generation: u64,
 }
@@ -188,6 +190,7 @@ impl MockEngine {
             s.status = ContainerStatus::Exited;
             s.exit_code = Some(code);
             s.oom_killed = oom;
+            s.ports.clear();
         })
     }
 
@@ -331,18 +334,32 @@ impl Engine for MockEngine {
             health: None,
             oom_killed: false,
             error: None,
+            ports: Vec::new(),
         };
+        // Published ports bind the range's first port; unpublished ones an "ephemeral" port.
+        let mut ports: Vec<String> = spec
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let host = p.published.map_or(32768 + (st.next_id as usize * 8 + i) % 28000, |r| r.start as usize);
+                let ip = p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".into());
+                format!("{ip}:{host}->{}/{}", p.target, p.protocol.as_str())
+            })
+            .collect();
+        ports.sort();
         let (tx, _) = watch::channel(state);
-        st.containers.insert(id.clone(), MockContainer { state: tx, behavior, generation: 0 });
+        st.containers.insert(id.clone(), MockContainer { state: tx, behavior, ports, generation: 0 });
         st.names.insert(name, id.clone());
         Ok(id)
     }
 
     async fn start(&self, id: &str) -> EngineResult<()> {
-        let (id, behavior) = {
+        let (id, behavior, ports) = {
             let st = self.lock();
             let id = Self::resolve(&st, id)?;
-            (id.clone(), st.containers[&id].behavior.clone())
+            let c = &st.containers[&id];
+            (id.clone(), c.behavior.clone(), c.ports.clone())
         };
         if !behavior.start_latency.is_zero() {
             tokio::time::sleep(behavior.start_latency).await;
@@ -367,6 +384,7 @@ impl Engine for MockEngine {
             s.oom_killed = false;
             s.error = None;
             s.health = has_health.then_some(HealthStatus::Starting);
+            s.ports = ports;
         });
         self.spawn_timeline(id, generation, &behavior);
         Ok(())

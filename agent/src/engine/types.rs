@@ -53,6 +53,9 @@ pub struct ContainerState {
     pub oom_killed: bool,
     /// The engine's error for the last start attempt (e.g. executable not found).
     pub error: Option<String>,
+    /// Published ports as bound while running, `host_ip:published->target/protocol`, sorted.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 impl ContainerState {

@@ -52,7 +52,7 @@ impl Connection {
 
 pub async fn connect(target: &Target) -> anyhow::Result<Connection> {
     if target.hosts.is_empty() {
-        let embedded = Embedded::start(&target.state_dir).await?;
+        let embedded = Embedded::start(&target.state_dir).await.map_err(|e| one_message(&e))?;
         let control = dial(&embedded.control_address()).await?;
         return Ok(Connection { control, embedded: Some(embedded) });
     }
@@ -71,4 +71,41 @@ pub async fn dial(address: &str) -> anyhow::Result<ControlClient<Channel>> {
     ControlClient::connect(endpoint.clone())
         .await
         .with_context(|| format!("cannot reach the Shoal manager at {address}: is `shoal server` running there?"))
+}
+
+/// The error and its causes as one message, each cause once: wrappers such as
+/// `#[error("{0}")]` already repeat their source's text, which `{:#}` would print twice.
+fn one_message(error: &(dyn std::error::Error + 'static)) -> anyhow::Error {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    anyhow::anyhow!(text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot reach the engine")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("{0}")]
+        Repeats(#[from] Inner),
+        #[error("starting failed")]
+        Adds(#[source] Inner),
+    }
+
+    #[test]
+    fn each_cause_is_told_once() {
+        assert_eq!(super::one_message(&Outer::Repeats(Inner)).to_string(), "cannot reach the engine");
+        assert_eq!(super::one_message(&Outer::Adds(Inner)).to_string(), "starting failed: cannot reach the engine");
+    }
 }

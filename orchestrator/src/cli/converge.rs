@@ -46,9 +46,7 @@ pub fn evaluate(
             waiting = true;
             continue;
         }
-        let has_healthcheck = spec.healthcheck.as_ref().is_some_and(|h| {
-            h.disable != Some(true) && h.test.as_ref().is_none_or(|t| t.first().map(String::as_str) != Some("NONE"))
-        });
+        let has_healthcheck = has_healthcheck(spec);
         for task in current {
             match task_verdict(task, goal, has_healthcheck) {
                 Verdict::Converged => {}
@@ -85,6 +83,9 @@ fn task_verdict(task: &pb::Task, goal: Goal, has_healthcheck: bool) -> Verdict {
             let healthy = task.health == pb::Health::Healthy as i32;
             if goal == Goal::Started || !has_healthcheck || healthy {
                 Verdict::Converged
+            } else if task.health == pb::Health::Unhealthy as i32 {
+                // As docker compose does: its healthcheck has failed `retries` times in a row.
+                fail("is unhealthy".into())
             } else {
                 Verdict::Waiting
             }
@@ -94,17 +95,53 @@ fn task_verdict(task: &pb::Task, goal: Goal, has_healthcheck: bool) -> Verdict {
     }
 }
 
-/// Why the services are not converged yet, for the timeout message.
-pub fn still_waiting(services: &BTreeSet<String>, tasks: &BTreeMap<u64, pb::Task>) -> Vec<(String, String)> {
+/// Why the services that have not converged yet have not, for the timeout message; services
+/// that have are left out.
+pub fn still_waiting(
+    project: &Project,
+    services: &BTreeSet<String>,
+    tasks: &BTreeMap<u64, pb::Task>,
+    goal: Goal,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for task in tasks.values().filter(|t| t.desired == pb::DesiredState::Running as i32) {
-        let Some(service) = task.service.as_ref().map(|s| s.service.clone()).filter(|s| services.contains(s)) else {
-            continue;
-        };
-        out.push((service, format!("{}: {}", task.container_name, describe(task))));
+    for name in services {
+        let Some(spec) = project.services.get(name) else { continue };
+        let current: Vec<&pb::Task> = tasks
+            .values()
+            .filter(|t| t.service.as_ref().is_some_and(|s| &s.service == name))
+            .filter(|t| t.desired == pb::DesiredState::Running as i32)
+            .collect();
+        let global = spec.deploy.as_ref().and_then(|d| d.mode.as_deref()).is_some_and(|m| m.starts_with("global"));
+        if !global && (current.len() as u64) < spec.replicas() {
+            out.push((name.clone(), format!("{} of {} containers created", current.len(), spec.replicas())));
+        }
+        let has_healthcheck = has_healthcheck(spec);
+        for task in current {
+            if task_verdict(task, goal, has_healthcheck) != Verdict::Converged {
+                out.push((name.clone(), format!("{}: {}", task.container_name, describe(task))));
+            }
+        }
     }
     out.sort();
     out
+}
+
+fn has_healthcheck(spec: &crate::compose::model::Service) -> bool {
+    spec.healthcheck.as_ref().is_some_and(|h| {
+        h.disable != Some(true) && h.test.as_ref().is_none_or(|t| t.first().map(String::as_str) != Some("NONE"))
+    })
+}
+
+/// Prints a failed verdict's reasons, one `error:` line each; a reason without a service is
+/// about the whole wait (the timeout) and comes first.
+pub fn print_reasons(reasons: &[(String, String)]) {
+    for (service, reason) in reasons {
+        if service.is_empty() {
+            eprintln!("error: {reason}");
+        } else {
+            eprintln!("error: service {service}: {reason}");
+        }
+    }
 }
 
 /// `running (healthy)`, `pending: waiting for db to be healthy`, `exited (0)`.
@@ -121,7 +158,8 @@ pub fn describe(task: &pb::Task) -> String {
     if !task.message.is_empty() && !matches!(state, pb::TaskState::Running) {
         // Agents often repeat the state in their message ("starting", "preparing: image x").
         let word = text.split(' ').next().unwrap_or_default().to_string();
-        let message = task.message.strip_prefix(&word).map(|m| m.trim_start_matches(':').trim()).unwrap_or(&task.message);
+        let message =
+            task.message.strip_prefix(&word).map(|m| m.trim_start_matches(':').trim()).unwrap_or(&task.message);
         if !message.is_empty() && message != "shut down" && message != "removed" {
             text.push_str(&format!(": {message}"));
         }
@@ -205,6 +243,42 @@ mod tests {
             [
                 ("job".to_string(), "p-job-1: exited with code 2".to_string()),
                 ("web".to_string(), "p-web-1: job did not complete successfully: it exited with code 2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn unhealthy_fails_the_wait_at_once() {
+        let tasks: BTreeMap<_, _> = [
+            task(1, "web", pb::TaskState::Running, pb::Health::Unhealthy, None, ""),
+            task(2, "job", pb::TaskState::Complete, pb::Health::Unspecified, Some(0), ""),
+        ]
+        .into();
+        assert_eq!(evaluate(&project(), &all(), &tasks, Goal::Started), Verdict::Converged);
+        assert_eq!(
+            evaluate(&project(), &all(), &tasks, Goal::Healthy),
+            Verdict::Failed(vec![("web".into(), "p-web-1: is unhealthy".into())])
+        );
+    }
+
+    #[test]
+    fn still_waiting_names_only_what_has_not_converged() {
+        let tasks: BTreeMap<_, _> = [
+            task(1, "web", pb::TaskState::Running, pb::Health::Starting, None, ""),
+            task(2, "job", pb::TaskState::Complete, pb::Health::Unspecified, Some(0), ""),
+        ]
+        .into();
+        assert_eq!(
+            still_waiting(&project(), &all(), &tasks, Goal::Healthy),
+            [("web".to_string(), "p-web-1: running (starting)".to_string())]
+        );
+        assert_eq!(still_waiting(&project(), &all(), &tasks, Goal::Started), []);
+        let none = BTreeMap::new();
+        assert_eq!(
+            still_waiting(&project(), &all(), &none, Goal::Started),
+            [
+                ("job".to_string(), "0 of 1 containers created".to_string()),
+                ("web".to_string(), "0 of 1 containers created".to_string())
             ]
         );
     }

@@ -2,6 +2,7 @@
 //! named volumes only with `-v`.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -78,5 +79,15 @@ pub async fn remove_and_wait(
         }
     }
     progress.finish();
+    // The manager forgets the services, then the stack, a moment after the last container:
+    // wait for that too, or an embedded cluster would exit with the stack still listed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        let stacks = control.list_stacks(pb::ListStacksRequest {}).await?.into_inner().stacks;
+        if !stacks.iter().any(|s| s.name == stack) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Ok(())
 }

@@ -36,8 +36,9 @@ pub struct Cli {
 /// The compose project flags, shared by every compose verb.
 #[derive(Debug, Args, Clone, Default)]
 pub struct ProjectArgs {
-    /// Compose file(s); repeat to merge several (later files override earlier ones)
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    /// Compose file(s); repeat to merge several (later files override earlier ones). Given before
+    /// the verb, as with docker compose: after it, `-f` is `logs --follow`
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
     /// Project name (default: COMPOSE_PROJECT_NAME, then `name:` in the file, then the directory)
     #[arg(short = 'p', long = "project-name", global = true, value_name = "NAME")]
@@ -131,5 +132,16 @@ pub fn project_name(args: &ProjectArgs) -> anyhow::Result<Option<String>> {
             eprintln!("error: {e}");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        // clap checks these only when a verb is parsed in a debug build: check every verb now.
+        super::Cli::command().debug_assert();
     }
 }

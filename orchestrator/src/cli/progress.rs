@@ -15,6 +15,12 @@ pub struct Progress {
     last: BTreeMap<String, String>,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
 impl Progress {
     pub fn new() -> Progress {
         let bars = std::io::stderr()

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use shoal_proto::v1 as pb;
 
 use super::connect::{connect, Target};
-use super::converge::{evaluate, still_waiting, Goal, Verdict};
+use super::converge::{evaluate, print_reasons, still_waiting, Goal, Verdict};
 use super::progress::Progress;
 use super::{load_project, ProjectArgs};
 use crate::compose::support::unsupported_attributes;
@@ -86,9 +86,7 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
     let code = match outcome {
         Verdict::Converged => 0,
         Verdict::Failed(reasons) => {
-            for (service, reason) in reasons {
-                eprintln!("error: service {service}: {reason}");
-            }
+            print_reasons(&reasons);
             1
         }
         Verdict::Waiting => 1,
@@ -121,8 +119,9 @@ pub async fn wait_for(
                 Ok(next) => next,
                 Err(_) => {
                     progress.finish();
-                    let mut reasons = still_waiting(selected, &tasks);
-                    reasons.insert(0, ("-".into(), format!("gave up after {}s", timeout.map_or(0, |t| t.as_secs()))));
+                    let mut reasons = still_waiting(project, selected, &tasks, goal);
+                    let after = timeout.map_or(0, |t| t.as_secs());
+                    reasons.insert(0, (String::new(), format!("gave up after {after}s; still waiting for:")));
                     return Ok(Verdict::Failed(reasons));
                 }
             },

@@ -51,7 +51,13 @@ pub async fn deploy(cluster: &Cluster, request: pb::DeployStackRequest) -> Resul
                 ServiceMode::Global | ServiceMode::GlobalJob => 0,
                 _ => spec.replicas(),
             };
-            ServiceDeployment { name: name.clone(), spec: spec.clone(), config_hash: config_hash(&project, name, spec), mode, replicas }
+            ServiceDeployment {
+                name: name.clone(),
+                spec: spec.clone(),
+                config_hash: config_hash(&project, name, spec),
+                mode,
+                replicas,
+            }
         })
         .collect();
 

@@ -31,7 +31,8 @@ pub async fn logs(cluster: &Cluster, request: pb::LogsRequest) -> Result<BoxStre
     let (tx, rx) = mpsc::channel(256);
     for (node, (address, tasks)) in by_node {
         let tx = tx.clone();
-        let agent_request = pb::AgentLogsRequest { tasks, follow: request.follow, tail: request.tail, timestamps: request.timestamps };
+        let agent_request =
+            pb::AgentLogsRequest { tasks, follow: request.follow, tail: request.tail, timestamps: request.timestamps };
         tokio::spawn(async move {
             if let Err(status) = forward(&address, agent_request, &tx).await {
                 let message = format!("cannot read logs from node {node} at {address}: {}", status.message());
@@ -51,7 +52,8 @@ async fn forward(
         return Err(Status::unavailable("the node advertises no address"));
     }
     let endpoint = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
-    let mut client = pb::agent_client::AgentClient::connect(endpoint).await.map_err(|e| Status::unavailable(e.to_string()))?;
+    let mut client =
+        pb::agent_client::AgentClient::connect(endpoint).await.map_err(|e| Status::unavailable(e.to_string()))?;
     let mut stream = client.logs(request).await?.into_inner();
     while let Some(chunk) = stream.next().await {
         if tx.send(chunk).await.is_err() {

@@ -57,11 +57,17 @@ pub fn task_view(state: &ClusterState, task: &Task) -> pb::Task {
 
 #[tonic::async_trait]
 impl pb::control_server::Control for ControlService {
-    async fn deploy_stack(&self, request: Request<pb::DeployStackRequest>) -> Result<Response<pb::DeployStackResponse>, Status> {
+    async fn deploy_stack(
+        &self,
+        request: Request<pb::DeployStackRequest>,
+    ) -> Result<Response<pb::DeployStackResponse>, Status> {
         deploy::deploy(&self.cluster, request.into_inner()).await.map(Response::new)
     }
 
-    async fn remove_stack(&self, request: Request<pb::RemoveStackRequest>) -> Result<Response<pb::RemoveStackResponse>, Status> {
+    async fn remove_stack(
+        &self,
+        request: Request<pb::RemoveStackRequest>,
+    ) -> Result<Response<pb::RemoveStackResponse>, Status> {
         let request = request.into_inner();
         let command = Command::RemoveStack {
             stack: request.stack,
@@ -72,14 +78,23 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::RemoveStackResponse {}))
     }
 
-    async fn scale_service(&self, request: Request<pb::ScaleServiceRequest>) -> Result<Response<pb::ScaleServiceResponse>, Status> {
+    async fn scale_service(
+        &self,
+        request: Request<pb::ScaleServiceRequest>,
+    ) -> Result<Response<pb::ScaleServiceResponse>, Status> {
         let request = request.into_inner();
-        let service = request.service.as_ref().map(wire::service_id).ok_or_else(|| Status::invalid_argument("no service named"))?;
+        let service = request
+            .service
+            .as_ref()
+            .map(wire::service_id)
+            .ok_or_else(|| Status::invalid_argument("no service named"))?;
         let mode = self.cluster.read(|s| s.services.get(&service).map(|r| r.mode));
         match mode {
             None => return Err(Status::not_found(format!("no such service: {service}"))),
             Some(ServiceMode::Global | ServiceMode::GlobalJob) => {
-                return Err(Status::failed_precondition(format!("{service} is a global service: it runs one task per node and cannot be scaled")))
+                return Err(Status::failed_precondition(format!(
+                    "{service} is a global service: it runs one task per node and cannot be scaled"
+                )))
             }
             Some(_) => {}
         }
@@ -96,9 +111,11 @@ impl pb::control_server::Control for ControlService {
                     .stacks
                     .values()
                     .map(|stack| {
-                        let tasks: Vec<&Task> = state.tasks.values().filter(|t| t.service.stack == stack.name).collect();
+                        let tasks: Vec<&Task> =
+                            state.tasks.values().filter(|t| t.service.stack == stack.name).collect();
                         let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;
-                        let status = if stack.removing { "removing".to_string() } else { format!("running({running})") };
+                        let status =
+                            if stack.removing { "removing".to_string() } else { format!("running({running})") };
                         pb::StackSummary {
                             name: stack.name.clone(),
                             services: state.stack_services(&stack.name).count() as u32,
@@ -115,7 +132,10 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListStacksResponse { stacks }))
     }
 
-    async fn list_services(&self, request: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let stack = request.into_inner().stack;
         let services = self
             .cluster
@@ -125,7 +145,8 @@ impl pb::control_server::Control for ControlService {
                     .values()
                     .filter(|s| stack.is_empty() || s.id.stack == stack)
                     .map(|s| {
-                        let running = state.service_tasks(&s.id).filter(|t| t.state == TaskState::Running).count() as u64;
+                        let running =
+                            state.service_tasks(&s.id).filter(|t| t.state == TaskState::Running).count() as u64;
                         let desired = match s.mode {
                             ServiceMode::Global | ServiceMode::GlobalJob => {
                                 state.service_tasks(&s.id).filter(|t| t.desired == DesiredState::Running).count() as u64
@@ -149,7 +170,10 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListServicesResponse { services }))
     }
 
-    async fn list_tasks(&self, request: Request<pb::ListTasksRequest>) -> Result<Response<pb::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
         let request = request.into_inner();
         let tasks = self
             .cluster
@@ -169,11 +193,15 @@ impl pb::control_server::Control for ControlService {
     }
 
     async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes = self.cluster.read_linearizable(|s| s.nodes.values().map(wire::node).collect()).await.map_err(status_of)?;
+        let nodes =
+            self.cluster.read_linearizable(|s| s.nodes.values().map(wire::node).collect()).await.map_err(status_of)?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
-    async fn cluster_status(&self, request: Request<pb::ClusterStatusRequest>) -> Result<Response<pb::ClusterStatusResponse>, Status> {
+    async fn cluster_status(
+        &self,
+        request: Request<pb::ClusterStatusRequest>,
+    ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
         let counts = |s: &ClusterState| (s.nodes.len() as u32, s.services.len() as u32, s.tasks.len() as u32);
         let (nodes, services, tasks) = if request.into_inner().stale {
             self.cluster.read(counts)

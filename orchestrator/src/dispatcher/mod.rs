@@ -1,4 +1,4 @@
 //! The dispatcher: what the managers send to agents.
 
-pub mod taskspec;
 pub mod server;
+pub mod taskspec;

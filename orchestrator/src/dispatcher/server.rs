@@ -145,6 +145,9 @@ struct Inner {
     leader: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
     counters: Counters,
+    /// Each node's open session (its id) and whether it has sent its first status report (see
+    /// `wait_synced`).
+    sessions: watch::Sender<HashMap<NodeId, (u64, bool)>>,
 }
 
 /// The Dispatcher gRPC service. Cheap to clone.
@@ -188,6 +191,7 @@ impl DispatcherService {
             leader: leader_rx,
             shutdown,
             counters: Counters::default(),
+            sessions: watch::Sender::new(HashMap::new()),
         });
         let handles = vec![
             tokio::spawn(build_views(inner.clone(), view_tx, leader_tx)),
@@ -199,6 +203,15 @@ impl DispatcherService {
 
     pub fn into_server(self) -> pb::dispatcher_server::DispatcherServer<Self> {
         pb::dispatcher_server::DispatcherServer::new(self).max_encoding_message_size(256 << 20)
+    }
+
+    /// Waits until `node`'s agent is in session and its first status report is applied: its
+    /// adopted containers' states are then in the store (so a new process answers `ps` with
+    /// what happened while none ran). False after `timeout`.
+    pub async fn wait_synced(&self, node: &str, timeout: Duration) -> bool {
+        let mut sessions = self.inner.sessions.subscribe();
+        let synced = sessions.wait_for(|s| s.get(node).is_some_and(|(_, synced)| *synced));
+        tokio::time::timeout(timeout, synced).await.is_ok_and(|r| r.is_ok())
     }
 
     pub fn stats(&self) -> DispatcherStats {
@@ -276,7 +289,9 @@ fn new_node_id(taken: impl Fn(&str) -> bool) -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     loop {
         let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-        hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+        hasher.write_u128(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+        );
         let mut bits = hasher.finish();
         let id: String = (0..12)
             .map(|_| {
@@ -360,13 +375,26 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         // first message: a complete set missing a task would make the agent remove its container.
         let index = inner.cluster.read_linearizable(|s| s.applied_index).await.map_err(cluster_status)?;
         inner.touch(&node);
-        inner.counters.sessions_opened.fetch_add(1, Ordering::Relaxed);
+        let session = inner.counters.sessions_opened.fetch_add(1, Ordering::Relaxed) + 1;
+        inner.sessions.send_modify(|sessions| {
+            sessions.insert(node.clone(), (session, false));
+        });
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(serve_session(self.inner.clone(), node, index, tx));
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            serve_session(&inner, &node, index, tx).await;
+            inner.sessions.send_if_modified(|sessions| {
+                let ours = sessions.get(&node).is_some_and(|(id, _)| *id == session);
+                ours && sessions.remove(&node).is_some()
+            });
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let inner = &self.inner;
         inner.require_leader()?;
         let node = request.into_inner().node_id;
@@ -403,13 +431,21 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             .into_iter()
             .map(|u| status_update(&node, u))
             .collect::<Result<Vec<StatusUpdate>, Status>>()?;
-        if updates.is_empty() {
-            return Ok(Response::new(pb::UpdateTaskStatusResponse {}));
+        if !updates.is_empty() {
+            let (reply, answer) = oneshot::channel();
+            let shutting_down = || Status::unavailable("the manager is shutting down");
+            inner.batches.send(Batch { updates, reply }).await.map_err(|_| shutting_down())?;
+            answer.await.map_err(|_| shutting_down())??;
         }
-        let (reply, answer) = oneshot::channel();
-        let shutting_down = || Status::unavailable("the manager is shutting down");
-        inner.batches.send(Batch { updates, reply }).await.map_err(|_| shutting_down())?;
-        answer.await.map_err(|_| shutting_down())??;
+        // Everything this node reported is applied: after its session's first report, the
+        // state shows what its containers are doing.
+        inner.sessions.send_if_modified(|sessions| match sessions.get_mut(&node) {
+            Some((_, synced)) if !*synced => {
+                *synced = true;
+                true
+            }
+            _ => false,
+        });
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
     }
 }
@@ -430,17 +466,18 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
 }
 
 /// Sends one node its complete set, then a diff after every change of its assignments.
-async fn serve_session(inner: Arc<Inner>, node: NodeId, index: u64, tx: mpsc::Sender<Result<pb::Assignments, Status>>) {
+async fn serve_session(inner: &Inner, node: &str, index: u64, tx: mpsc::Sender<Result<pb::Assignments, Status>>) {
     let mut view = inner.view.clone();
     let mut leader = inner.leader.clone();
     let mut shutdown = inner.shutdown.clone();
-    let caught_up =
-        tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.index >= index)).await.is_ok_and(|r| r.is_ok());
+    let caught_up = tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.index >= index))
+        .await
+        .is_ok_and(|r| r.is_ok());
     if !caught_up {
         let _ = tx.send(Err(Status::unavailable("the manager's assignments are not up to date; retry"))).await;
         return;
     }
-    let mut current = view.borrow_and_update().nodes.get(&node).cloned().unwrap_or_default();
+    let mut current = view.borrow_and_update().nodes.get(node).cloned().unwrap_or_default();
     let mut sequence = 1;
     let first = pb::Assignments {
         sequence,
@@ -467,7 +504,7 @@ async fn serve_session(inner: Arc<Inner>, node: NodeId, index: u64, tx: mpsc::Se
                 return;
             }
         }
-        let next = view.borrow_and_update().nodes.get(&node).cloned().unwrap_or_default();
+        let next = view.borrow_and_update().nodes.get(node).cloned().unwrap_or_default();
         if Arc::ptr_eq(&next, &current) {
             continue;
         }
@@ -517,9 +554,12 @@ impl ViewBuilder {
             }
             let (format, spec) = self.spec(state, task, node);
             let desired = wire::desired_state(task.desired) as i32;
+            let remove_volumes = task.desired == DesiredState::Remove
+                && state.stacks.get(&task.service.stack).is_some_and(|s| s.removing && s.remove_volumes);
             // Same desired state and spec: the same assignment (by pointer), so no diff is sent.
             let reuse = self.assignments.get(&task.id).filter(|(old_spec, a)| {
                 a.desired == desired
+                    && a.remove_volumes == remove_volumes
                     && a.spec_format == format
                     && (Arc::ptr_eq(old_spec, &spec) || old_spec.as_slice() == spec.as_slice())
             });
@@ -532,6 +572,7 @@ impl ViewBuilder {
                     desired,
                     spec_format: format.to_string(),
                     spec: spec.as_ref().clone(),
+                    remove_volumes,
                 }),
             };
             assignments.insert(task.id, (spec, assignment.clone()));
@@ -554,8 +595,9 @@ impl ViewBuilder {
         AssignmentView { index: state.applied_index, nodes }
     }
 
-    /// The task's spec (JSON), or why it cannot be built. Only tasks meant to run need one;
-    /// errors are not cached (a `service:x` network mode resolves once x has a task).
+    /// The task's spec (JSON), or why it cannot be built. Built for every task, so that the agent
+    /// knows the networks and volumes of what it removes even after a restart; errors are not
+    /// cached (a `service:x` network mode resolves once x has a task).
     fn spec(&mut self, state: &ClusterState, task: &Task, node: &str) -> (&'static str, Arc<Vec<u8>>) {
         let Some(service) = state.services.get(&task.service) else {
             return ("", Arc::new(Vec::new()));
@@ -567,21 +609,25 @@ impl ViewBuilder {
         if let Some(cached) = self.specs.get(&task.id).filter(|c| c.key == key) {
             return (cached.format, cached.spec.clone());
         }
-        if task.desired != DesiredState::Running {
-            // Being stopped or removed: the agent needs no spec for that.
-            return ("", Arc::new(Vec::new()));
-        }
         let resolve = |name: &str| resolve_service_container(state, &task.service.stack, name, node);
-        let built = task_spec_with(&stack.project, &task.service.service, &service.spec, task, node, &resolve, self.options)
-            .map_err(|e| e.to_string())
-            .and_then(|spec| serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}")));
+        let built =
+            task_spec_with(&stack.project, &task.service.service, &service.spec, task, node, &resolve, self.options)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| {
+                    serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}"))
+                });
         match built {
             Ok(bytes) => {
                 let spec = Arc::new(bytes);
                 self.specs.insert(task.id, CachedSpec { key, format: SPEC_FORMAT, spec: spec.clone() });
                 (SPEC_FORMAT, spec)
             }
-            Err(reason) => (SPEC_ERROR_FORMAT, Arc::new(format!("cannot build the container spec: {reason}").into_bytes())),
+            // A task being stopped or removed needs no spec to run (its networks and volumes are
+            // only cleaned up best effort).
+            Err(_) if task.desired != DesiredState::Running => ("", Arc::new(Vec::new())),
+            Err(reason) => {
+                (SPEC_ERROR_FORMAT, Arc::new(format!("cannot build the container spec: {reason}").into_bytes()))
+            }
         }
     }
 }
@@ -603,7 +649,8 @@ async fn build_views(inner: Arc<Inner>, view: watch::Sender<Arc<AssignmentView>>
     let options = TaskSpecOptions {
         restart: if inner.config.engine_restarts { RestartOwner::Engine } else { RestartOwner::ControlPlane },
     };
-    let mut builder = ViewBuilder { options, specs: HashMap::new(), assignments: HashMap::new(), nodes: HashMap::new() };
+    let mut builder =
+        ViewBuilder { options, specs: HashMap::new(), assignments: HashMap::new(), nodes: HashMap::new() };
     let mut changes = inner.cluster.subscribe();
     let mut raft = inner.cluster.raft().status_watch();
     let mut shutdown = inner.shutdown.clone();
@@ -650,9 +697,9 @@ async fn monitor(inner: Arc<Inner>) {
             was_leader = true;
             lock(&inner.last_seen).clear();
         }
-        let ready: Vec<NodeId> = inner.cluster.read(|s| {
-            s.nodes.values().filter(|n| n.status == NodeStatus::Ready).map(|n| n.id.clone()).collect()
-        });
+        let ready: Vec<NodeId> = inner
+            .cluster
+            .read(|s| s.nodes.values().filter(|n| n.status == NodeStatus::Ready).map(|n| n.id.clone()).collect());
         let silent: Vec<(NodeId, Duration)> = {
             let mut seen = lock(&inner.last_seen);
             ready

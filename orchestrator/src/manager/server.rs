@@ -74,10 +74,12 @@ impl Manager {
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|source| ManagerError::Listen { address: config.listen.clone(), source })?;
-        let address = listener.local_addr().map_err(|source| ManagerError::Listen { address: config.listen.clone(), source })?;
+        let address =
+            listener.local_addr().map_err(|source| ManagerError::Listen { address: config.listen.clone(), source })?;
 
         let (dispatcher, dispatcher_tasks) =
-            DispatcherService::start(cluster.clone(), config.dispatcher.clone(), shutdown_rx.clone()).map_err(ManagerError::Dispatcher)?;
+            DispatcherService::start(cluster.clone(), config.dispatcher.clone(), shutdown_rx.clone())
+                .map_err(ManagerError::Dispatcher)?;
         let orchestrator = tokio::spawn(orchestrate::run(cluster.clone(), shutdown_rx.clone()));
         let control = ControlService::new(cluster.clone());
         let mut stop = shutdown_rx.clone();

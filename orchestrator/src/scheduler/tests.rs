@@ -51,7 +51,7 @@ pub fn deploy(state: &mut ClusterState, services: &[(&str, &str, u64)]) {
             };
             ServiceDeployment {
                 name: name.to_string(),
-                config_hash: format!("{yaml}"),
+                config_hash: yaml.to_string(),
                 spec,
                 mode,
                 replicas: *replicas,

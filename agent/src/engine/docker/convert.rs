@@ -316,7 +316,25 @@ pub fn container_state(r: models::ContainerInspectResponse) -> ContainerState {
         health,
         oom_killed: state.oom_killed.unwrap_or(false),
         error: state.error.filter(|e| !e.is_empty()),
+        ports: bound_ports(r.network_settings.and_then(|n| n.ports).unwrap_or_default()),
     }
+}
+
+/// The engine's port map (`"80/tcp" → [{HostIp, HostPort}]`) as `host_ip:published->80/tcp`.
+fn bound_ports(map: HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
+    let mut out: Vec<String> = map
+        .into_iter()
+        .flat_map(|(target, bindings)| {
+            bindings.unwrap_or_default().into_iter().filter_map(move |b| {
+                let port = b.host_port.filter(|p| !p.is_empty())?;
+                let ip = b.host_ip.filter(|ip| !ip.is_empty()).unwrap_or_else(|| "0.0.0.0".into());
+                Some(format!("{ip}:{port}->{target}"))
+            })
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@ use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
 
 use crate::engine::{
-    normalize_arch, ContainerState, Engine, EngineError, EngineEvent, EngineInfo, EngineResult, EventFilter, ImageReady, LogChunk, LogOptions,
-    LogStream, ProgressSink, RemoveOptions, StopOutcome, WaitCondition, WaitOutcome,
+    normalize_arch, ContainerState, Engine, EngineError, EngineEvent, EngineInfo, EngineResult, EventFilter,
+    ImageReady, LogChunk, LogOptions, LogStream, ProgressSink, RemoveOptions, StopOutcome, WaitCondition, WaitOutcome,
 };
 use crate::labels;
 use crate::spec::{ContainerSpec, ImageSpec, NetworkSpec, VolumeSpec};

@@ -632,7 +632,6 @@ impl<S: StateMachine> Driver<S> {
         let (applied, conf_state, retain) = (self.applied, self.conf_state.clone(), self.cfg.log_retain);
         self.raw.mut_store().create_snapshot(applied, conf_state, data, retain)?;
         tracing::debug!(target: "shoal::raft", "snapshot at index {applied}; log compacted in {:?}", started.elapsed());
-        eprintln!("TMPDEBUG snapshot at index {applied}; log compacted in {:?}", started.elapsed());
         Ok(())
     }
 
