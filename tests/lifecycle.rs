@@ -107,7 +107,8 @@ fn state_survives_the_cli_process_and_ls_lists_the_stack() {
     s.compose(&format!(
         "services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n  job:\n    image: {IMAGE}\n    command: ['true']\n"
     ));
-    s.ok(&["up", "-d"]);
+    // --wait: returns once the job has exited 0 (and that is recorded).
+    s.ok(&["up", "--wait", "--timeout", "60"]);
     // Every call below is a new process that reopens the state dir.
     let ps = s.ps_json(false);
     assert_eq!(ps.len(), 1, "{ps:#?}");

@@ -252,6 +252,7 @@ fn attached_up_follows_the_logs_and_ctrl_c_stops_the_stack() {
     // A second process on the same state dir talks to the first one's cluster.
     let web = wait_for("web to run", Duration::from_secs(30), || {
         let ps = s.run(&["ps", "--format", "json"]);
+        eprintln!("DEBUG {} {} {}", ps.code, ps.stdout, ps.stderr);
         let ps: Vec<Json> = serde_json::from_str(&ps.stdout).ok()?;
         ps.iter().find(|c| c["State"] == "running").cloned()
     });

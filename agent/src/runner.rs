@@ -177,8 +177,14 @@ impl<E: Engine> TaskRunner<E> {
     /// Stops the task's container (its stop signal, the grace period, then a kill). The watcher
     /// reports the resulting exit.
     pub async fn stop(&self, task_id: &str) -> Result<StopOutcome, RunnerError> {
-        let (container, grace) = self.shared.container_of(task_id)?;
-        Ok(self.shared.engine.stop(&container, grace).await?)
+        self.stop_with(task_id, None).await
+    }
+
+    /// Like [`TaskRunner::stop`], with a grace period that overrides the one the task started
+    /// with (the latest spec's: `down -t`, or an adopted container whose spec arrived later).
+    pub async fn stop_with(&self, task_id: &str, grace: Option<Duration>) -> Result<StopOutcome, RunnerError> {
+        let (container, started_with) = self.shared.container_of(task_id)?;
+        Ok(self.shared.engine.stop(&container, grace.unwrap_or(started_with)).await?)
     }
 
     /// Removes the task's container (forcefully) and forgets the task.

@@ -664,7 +664,10 @@ impl<E: Engine> Core<E> {
 
     /// Stops the task's container if it has one; false when there is none.
     async fn stop_task(&self, id: u64) -> bool {
-        match self.runner.stop(&id.to_string()).await {
+        let grace = self
+            .slot(id)
+            .and_then(|slot| slot.wanted.borrow().spec.as_ref().and_then(|s| s.container.stop_grace_period));
+        match self.runner.stop_with(&id.to_string(), grace).await {
             Ok(_) => true,
             Err(RunnerError::UnknownTask(_) | RunnerError::NoContainer(_)) => false,
             Err(RunnerError::Engine(EngineError::ContainerNotFound(_))) => false,

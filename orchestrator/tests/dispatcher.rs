@@ -281,7 +281,7 @@ async fn tasks_run_on_agents_and_follow_scaling() {
         manager.read(|s| s.tasks.values().find(|t| t.service.service == "worker").and_then(|t| t.node.clone()));
     let worker_engine = if worker_node.as_deref() == Some("node-a") { &a.engine } else { &b.engine };
     assert!(worker_engine.volume_exists("shop_data"));
-    let command = Command::RemoveStack { stack: "shop".into(), remove_volumes: true, at: now() };
+    let command = Command::RemoveStack { stack: "shop".into(), remove_volumes: true, stop_timeout: None, at: now() };
     manager.cluster.propose(command).await.expect("remove stack");
     eventually("the stack removed everywhere", WAIT, || {
         let gone = manager.read(|s| s.stacks.is_empty() && s.tasks.is_empty());
@@ -610,7 +610,8 @@ async fn a_docker_agent_runs_scales_and_removes_real_containers() {
     .await;
     assert_eq!(engine.list(&[(labels::NODE, cleanup.node.as_str())]).await.expect("list").len(), 1);
 
-    let command = Command::RemoveStack { stack: cleanup.project.clone(), remove_volumes: false, at: now() };
+    let command =
+        Command::RemoveStack { stack: cleanup.project.clone(), remove_volumes: false, stop_timeout: None, at: now() };
     manager.cluster.propose(command).await.expect("remove stack");
     eventually("the stack gone from the state", Duration::from_secs(60), || {
         manager.read(|s| s.stacks.is_empty()).then_some(())

@@ -72,6 +72,7 @@ impl pb::control_server::Control for ControlService {
         let command = Command::RemoveStack {
             stack: request.stack,
             remove_volumes: request.remove_volumes,
+            stop_timeout: request.timeout_seconds,
             at: crate::manager::cluster::now(),
         };
         self.cluster.propose(command).await.map_err(status_of)?;

@@ -613,6 +613,13 @@ impl ViewBuilder {
         let built =
             task_spec_with(&stack.project, &task.service.service, &service.spec, task, node, &resolve, self.options)
                 .map_err(|e| e.to_string())
+                .map(|mut spec| {
+                    // `down -t`: the stop timeout given for the removal wins.
+                    if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
+                        spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
+                    }
+                    spec
+                })
                 .and_then(|spec| {
                     serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}"))
                 });

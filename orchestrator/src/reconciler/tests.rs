@@ -170,7 +170,7 @@ fn removing_a_stack_removes_everything_then_forgets_it() {
     let mut state = state_with(&["n1"], &[("web", "image: x", 2), ("db", "image: d", 1)]);
     converge(&mut state, 0);
     agents_run_everything(&mut state);
-    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, at: 1 });
+    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, stop_timeout: None, at: 1 });
     converge(&mut state, 1);
     assert!(state.tasks.values().all(|t| t.desired == DesiredState::Remove));
     agents_run_everything(&mut state);
@@ -196,7 +196,7 @@ fn removal_goes_in_reverse_dependency_order() {
     agents_run_everything(&mut state);
     converge(&mut state, 0);
     agents_run_everything(&mut state);
-    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, at: 1 });
+    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, stop_timeout: None, at: 1 });
     let removing = |state: &ClusterState| -> Vec<String> {
         let mut names: Vec<String> = state
             .tasks

@@ -49,13 +49,7 @@ pub fn deploy(state: &mut ClusterState, services: &[(&str, &str, u64)]) {
                 Some("global") => ServiceMode::Global,
                 _ => ServiceMode::Replicated,
             };
-            ServiceDeployment {
-                name: name.to_string(),
-                config_hash: yaml.to_string(),
-                spec,
-                mode,
-                replicas: *replicas,
-            }
+            ServiceDeployment { name: name.to_string(), config_hash: yaml.to_string(), spec, mode, replicas: *replicas }
         })
         .collect();
     let result = state.apply(Command::DeployStack {

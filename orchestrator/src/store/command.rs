@@ -78,6 +78,9 @@ pub enum Command {
     RemoveStack {
         stack: String,
         remove_volumes: bool,
+        /// `down -t`: overrides every container's stop grace period.
+        #[serde(default)]
+        stop_timeout: Option<u32>,
         at: Millis,
     },
     ScaleService {
@@ -162,7 +165,9 @@ impl ClusterState {
             Command::DeployStack { stack, project, services, remove_orphans, only, recreate, at } => {
                 self.deploy_stack(stack, *project, services, remove_orphans, &only, recreate, at)
             }
-            Command::RemoveStack { stack, remove_volumes, at } => self.remove_stack(&stack, remove_volumes, at),
+            Command::RemoveStack { stack, remove_volumes, stop_timeout, at } => {
+                self.remove_stack(&stack, remove_volumes, stop_timeout, at)
+            }
             Command::ScaleService { service, replicas, at } => match self.services.get_mut(&service) {
                 Some(record) if !record.removing => {
                     record.replicas = replicas;
@@ -298,6 +303,7 @@ impl ClusterState {
             updated_at: at,
             removing: false,
             remove_volumes: false,
+            stop_timeout: None,
         });
         stack.project = project;
         stack.updated_at = at;
@@ -357,12 +363,19 @@ impl ClusterState {
         CommandResult::default()
     }
 
-    fn remove_stack(&mut self, name: &str, remove_volumes: bool, at: Millis) -> CommandResult {
+    fn remove_stack(
+        &mut self,
+        name: &str,
+        remove_volumes: bool,
+        stop_timeout: Option<u32>,
+        at: Millis,
+    ) -> CommandResult {
         let Some(stack) = self.stacks.get_mut(name) else {
             return CommandResult::error(format!("no such stack: {name}"));
         };
         stack.removing = true;
         stack.remove_volumes = remove_volumes;
+        stack.stop_timeout = stop_timeout;
         stack.updated_at = at;
         for record in self.services.values_mut().filter(|s| s.id.stack == name) {
             record.removing = true;

@@ -52,6 +52,9 @@ pub struct Stack {
     pub removing: bool,
     /// `down -v`: remove named volumes with the stack.
     pub remove_volumes: bool,
+    /// `down -t`: seconds each container gets to stop, instead of its stop_grace_period.
+    #[serde(default)]
+    pub stop_timeout: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
