@@ -205,3 +205,31 @@ fn ps_in_a_new_process_shows_what_happened_meanwhile() {
     assert_eq!(all.len(), 1, "{all:#?}");
     assert_eq!(all[0]["State"], "exited (0)", "{all:#?}");
 }
+
+#[test]
+#[ignore = "bug: a verb started while another short-lived shoal process holds the state dir fails (`tcp connect error`, `the raft state ... is in use by another process`) or loses its request when that process exits"]
+fn a_verb_racing_another_process_on_the_state_dir_succeeds() {
+    let s = Stack::new("race");
+    s.compose(&format!("services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n"));
+    s.ok(&["ls"]); // the state dir exists
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (first, first_done) = std::sync::mpsc::channel();
+    let up = std::thread::scope(|scope| {
+        // Someone runs `shoal ps` over and over (say, `watch shoal ps`) ...
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                s.run(&["ps"]);
+                let _ = first.send(());
+            }
+        });
+        first_done.recv().expect("a first ps");
+        // ... while `up` runs.
+        let up = s.run(&["up", "-d"]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        up
+    });
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    let ps = s.ps_json(false);
+    assert_eq!(ps.len(), 1, "{ps:#?}");
+    assert_eq!(ps[0]["State"], "running");
+}

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use crate::engine::docker::error_chain;
 use crate::engine::{Engine, EngineError};
 use crate::labels;
 use crate::runner::{self, RunnerError, TaskRunner};
@@ -421,20 +422,6 @@ fn random_unit() -> f64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64
     );
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

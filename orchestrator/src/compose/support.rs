@@ -2,38 +2,33 @@
 //! attributes not listed here are reported by `shoal config --unsupported` and warned about by
 //! `up`, so that nothing a user wrote is silently dropped.
 
-use std::collections::BTreeSet;
 
 use serde_yaml::Value;
 
 use super::model::Project;
 
-/// Service attributes the engine driver maps onto containers or the control plane acts on.
-/// Keep in step with the agent's `ContainerSpec` mapping (agent/src/spec.rs).
-pub const SUPPORTED_SERVICE_ATTRIBUTES: &[&str] = &[
+/// Service attributes the dispatcher's `taskspec` turns into agent container specs (a test
+/// there checks each one is mapped).
+pub const MAPPED_SERVICE_ATTRIBUTES: &[&str] = &[
     "build",
     "cap_add",
     "cap_drop",
     "command",
     "container_name",
     "cpus",
-    "depends_on",
-    "deploy",
+    "deploy", // resources here; mode, replicas, placement, restart_policy in the control plane
     "devices",
     "dns",
     "dns_opt",
     "dns_search",
     "domainname",
     "entrypoint",
-    "env_file",
     "environment",
-    "expose",
     "extra_hosts",
     "healthcheck",
     "hostname",
     "image",
     "init",
-    "label_file",
     "labels",
     "logging",
     "mem_limit",
@@ -44,11 +39,9 @@ pub const SUPPORTED_SERVICE_ATTRIBUTES: &[&str] = &[
     "platform",
     "ports",
     "privileged",
-    "profiles",
     "pull_policy",
     "read_only",
-    "restart",
-    "scale",
+    "restart", // engine policy in embedded mode only; the reconciler otherwise
     "security_opt",
     "shm_size",
     "stdin_open",
@@ -62,6 +55,21 @@ pub const SUPPORTED_SERVICE_ATTRIBUTES: &[&str] = &[
     "volumes",
     "working_dir",
 ];
+
+/// Supported service attributes that need no container field:
+/// - the loader applies `env_file`, `label_file` (into `environment`/`labels`) and `profiles`;
+/// - the reconciler and scheduler act on `depends_on`, `scale`, `restart` and `deploy`
+///   (`mode`, `replicas`, `placement`, `restart_policy`; `labels` are kept on the service, as
+///   Swarm keeps them on its service object, not on containers);
+/// - `expose` only documents ports: every port of a container is reachable by the other
+///   services on the networks Shoal attaches it to, which is all `expose` promises.
+pub const ACTED_ON_ELSEWHERE: &[&str] =
+    &["depends_on", "deploy", "env_file", "expose", "label_file", "profiles", "restart", "scale"];
+
+/// Whether Shoal acts on a top-level service attribute.
+pub fn is_supported(attribute: &str) -> bool {
+    MAPPED_SERVICE_ATTRIBUTES.contains(&attribute) || ACTED_ON_ELSEWHERE.contains(&attribute)
+}
 
 /// `deploy` sub-attributes Shoal acts on.
 pub const SUPPORTED_DEPLOY_ATTRIBUTES: &[&str] =
@@ -99,14 +107,13 @@ impl std::fmt::Display for Unsupported {
 
 /// Lists the attributes set in `project` that Shoal does not act on yet.
 pub fn unsupported_attributes(project: &Project) -> Vec<Unsupported> {
-    let supported: BTreeSet<&str> = SUPPORTED_SERVICE_ATTRIBUTES.iter().copied().collect();
     let mut found = Vec::new();
     for (name, service) in &project.services {
         // The serialized form omits unset attributes, so its keys are exactly what was set.
         let Ok(value @ Value::Mapping(_)) = serde_yaml::to_value(service) else { continue };
         let mut report = |attribute: String| found.push(Unsupported { service: name.clone(), attribute });
         for key in value.as_mapping().into_iter().flat_map(|m| m.keys()).filter_map(Value::as_str) {
-            if !supported.contains(key) {
+            if !is_supported(key) {
                 report(key.to_string());
             }
         }

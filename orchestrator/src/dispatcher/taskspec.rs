@@ -68,66 +68,6 @@ pub enum TaskSpecError {
 
 type Result<T> = std::result::Result<T, TaskSpecError>;
 
-/// Service attributes this module turns into agent specs. Together with
-/// [`ACTED_ON_ELSEWHERE`] they are exactly `compose::support::SUPPORTED_SERVICE_ATTRIBUTES`
-/// (a test checks it).
-pub const MAPPED_SERVICE_ATTRIBUTES: &[&str] = &[
-    "build",
-    "cap_add",
-    "cap_drop",
-    "command",
-    "container_name",
-    "cpus",
-    "deploy", // resources here; mode, replicas, placement, restart_policy in the control plane
-    "devices",
-    "dns",
-    "dns_opt",
-    "dns_search",
-    "domainname",
-    "entrypoint",
-    "environment",
-    "extra_hosts",
-    "healthcheck",
-    "hostname",
-    "image",
-    "init",
-    "labels",
-    "logging",
-    "mem_limit",
-    "mem_reservation",
-    "network_mode",
-    "networks",
-    "pids_limit",
-    "platform",
-    "ports",
-    "privileged",
-    "pull_policy",
-    "read_only",
-    "restart", // engine policy in embedded mode only; the reconciler otherwise
-    "security_opt",
-    "shm_size",
-    "stdin_open",
-    "stop_grace_period",
-    "stop_signal",
-    "sysctls",
-    "tmpfs",
-    "tty",
-    "ulimits",
-    "user",
-    "volumes",
-    "working_dir",
-];
-
-/// Supported service attributes that need no container field:
-/// - the loader applies `env_file`, `label_file` (into `environment`/`labels`) and `profiles`;
-/// - the reconciler and scheduler act on `depends_on`, `scale`, `restart` and `deploy`
-///   (`mode`, `replicas`, `placement`, `restart_policy`; `labels` are kept on the service, as
-///   Swarm keeps them on its service object, not on containers);
-/// - `expose` only documents ports: every port of a container is reachable by the other
-///   services on the networks Shoal attaches it to, which is all `expose` promises.
-pub const ACTED_ON_ELSEWHERE: &[&str] =
-    &["depends_on", "deploy", "env_file", "expose", "label_file", "profiles", "restart", "scale"];
-
 /// The task spec for `task` of `service`, with the control plane owning restarts (engine restart
 /// policy `no`). `resolve` maps a service name to the container name (or id) of that service's
 /// first task, for `network_mode: service:x`.

@@ -120,7 +120,7 @@ fn status(e: &BollardError) -> Option<u16> {
 
 /// The error and its sources on one line: hyper's top-level messages alone ("client error
 /// (Connect)") do not say what went wrong.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
