@@ -2,7 +2,6 @@
 //! attributes not listed here are reported by `shoal config --unsupported` and warned about by
 //! `up`, so that nothing a user wrote is silently dropped.
 
-
 use serde_yaml::Value;
 
 use super::model::Project;
