@@ -264,7 +264,9 @@ fn attached_up_follows_the_logs_and_ctrl_c_stops_the_stack() {
     s.compose(&format!(
         "services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [sh, -c, 'echo hello-attached; exec sleep 600']\n"
     ));
-    let child = s.shoal().arg("up").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn shoal up");
+    let mut child = s.shoal().arg("up").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn shoal up");
+    let stdout = lines(child.stdout.take().expect("piped stdout"));
+    let stderr = lines(child.stderr.take().expect("piped stderr"));
     let mut child = KillOnDrop(Some(child));
     // The container runs (per the engine; no other shoal process may start before `up` has
     // taken the state dir, see `a_verb_racing_another_process_on_the_state_dir_succeeds`) ...
@@ -273,26 +275,48 @@ fn attached_up_follows_the_logs_and_ctrl_c_stops_the_stack() {
         let out = docker(&["inspect", "--format", "{{.State.Running}}", &name]);
         (out.stdout.trim() == "true").then_some(())
     });
-    // ... and a second process on the same state dir talks to the first one's cluster.
-    let ps = s.ps_json(false);
-    assert_eq!(ps.len(), 1, "{ps:#?}");
-    let web = &ps[0];
-    assert_eq!(web["State"], "running");
-    assert_eq!(web["Name"], s.container_name("web", 1).as_str());
+    // ... and a second process on the same state dir talks to the first one's cluster, which
+    // learns of it a moment later.
+    let web = wait_for("ps to show web running", Duration::from_secs(30), || {
+        let ps = s.ps_json(false);
+        ps.into_iter().find(|c| c["State"] == "running")
+    });
+    assert_eq!(web["Name"], name.as_str());
     assert!(s.ls().contains(&s.name));
+    // `up` follows the logs, prefixed.
+    let mut out = Vec::new();
+    wait_for("up to print web's output", Duration::from_secs(30), || {
+        out.extend(stdout.try_iter());
+        out.iter().any(|l| l.contains("hello-attached")).then_some(())
+    });
 
     let pid = child.0.as_ref().map(|c| c.id().to_string()).unwrap_or_default();
     assert_eq!(std::process::Command::new("kill").args(["-INT", &pid]).status().map(|s| s.success()).ok(), Some(true));
     let status = wait_for("shoal up to exit after Ctrl-C", Duration::from_secs(30), || {
         child.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
     });
-    let output = child.0.take().map(|c| c.wait_with_output().expect("output")).expect("the child");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    out.extend(stdout.iter());
+    let stdout = out.join("\n");
+    let stderr: Vec<String> = stderr.iter().collect();
+    let stderr = stderr.join("\n");
     assert!(status.success(), "shoal up exited {status}:\n{stderr}");
-    assert_eq!(log_lines(&stdout, &s.container_name("web", 1)), ["hello-attached"], "stdout:\n{stdout}");
+    assert_eq!(log_lines(&stdout, &name), ["hello-attached"], "stdout:\n{stdout}");
     assert!(stderr.contains("Gracefully stopping"), "{stderr}");
     assert_eq!(s.container_ids(), Vec::<String>::new(), "Ctrl-C removes the containers");
+}
+
+/// The lines a pipe delivers, as they come (the channel ends with the pipe).
+fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// A child process killed (and reaped) if the test ends before it does.

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value as Json;
@@ -29,50 +29,6 @@ pub fn run_id() -> &'static str {
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         format!("{}-{nanos:x}", std::process::id())
     })
-}
-
-/// Serializes the end-to-end tests: those of one test binary (a mutex) and those of test
-/// processes running at the same time on this machine, e.g. two `cargo test` runs (an abstract
-/// Unix socket only one process can bind; the kernel releases it when the process dies).
-///
-/// Why: every embedded cluster calls its node `local` and, on start, adopts every container
-/// labelled `io.shoal.node=local` — also those another state dir's cluster created — and then
-/// removes the ones its own store does not assign. Two shoal processes with different state
-/// dirs therefore stop each other's containers. Until that is fixed
-/// (`lifecycle::separate_state_dirs_do_not_touch_each_others_containers`), only one test at a
-/// time may run an embedded cluster on the engine.
-struct EngineLock {
-    _machine: Option<std::os::unix::net::UnixListener>,
-    _local: MutexGuard<'static, ()>,
-}
-
-fn engine_lock() -> EngineLock {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let local = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    EngineLock { _machine: machine_lock(), _local: local }
-}
-
-#[cfg(target_os = "linux")]
-fn machine_lock() -> Option<std::os::unix::net::UnixListener> {
-    use std::os::linux::net::SocketAddrExt;
-    use std::os::unix::net::{SocketAddr, UnixListener};
-    let address = SocketAddr::from_abstract_name(b"shoal-e2e-docker-engine").expect("abstract socket name");
-    let timeout = Duration::from_secs(900);
-    let deadline = Instant::now() + timeout;
-    loop {
-        match UnixListener::bind_addr(&address) {
-            Ok(listener) => return Some(listener),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("another test process has held the engine for {timeout:?} ({e})"),
-        }
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn machine_lock() -> Option<std::os::unix::net::UnixListener> {
-    None
 }
 
 /// The longest any single `shoal` command of a test may take.
@@ -188,8 +144,6 @@ pub struct Stack {
     pub name: String,
     dir: tempfile::TempDir,
     env: Vec<(String, OsString)>,
-    // Released after `drop` has cleaned up (fields drop after the struct's own Drop).
-    _exclusive: EngineLock,
 }
 
 impl Stack {
@@ -199,12 +153,11 @@ impl Stack {
         static IMAGE_PRESENT: OnceLock<bool> = OnceLock::new();
         let present = *IMAGE_PRESENT.get_or_init(|| docker(&["image", "inspect", IMAGE]).code == 0);
         assert!(present, "the test image {IMAGE} is missing (is Docker running?): run scripts/test-image");
-        let exclusive = engine_lock();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let name = format!("e2e-{what}-{}{n}{:x}", std::process::id(), nanos & 0xfff);
         let dir = tempfile::Builder::new().prefix("shoal-e2e-").tempdir().expect("temp dir");
-        let stack = Stack { name, dir, env: Vec::new(), _exclusive: exclusive };
+        let stack = Stack { name, dir, env: Vec::new() };
         stack.cleanup(); // in case an earlier run with the same name left something behind
         stack
     }

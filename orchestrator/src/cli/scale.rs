@@ -2,14 +2,11 @@
 
 use std::collections::BTreeSet;
 
-use anyhow::Context;
 use clap::Args;
-use futures_util::StreamExt;
 use shoal_proto::v1 as pb;
 
 use super::connect::{connect, Target};
 use super::converge::{print_reasons, Goal, Verdict};
-use super::progress::Progress;
 use super::{load_project, ProjectArgs};
 
 #[derive(Debug, Args)]
@@ -64,50 +61,21 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &ScaleArgs) 
     let mut code = 0;
     if !args.detach {
         let selected: BTreeSet<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
-        match super::up::wait_for(&mut control, &project, &selected, Goal::Started, None).await? {
+        let none = BTreeSet::new();
+        match super::up::wait_for(&mut control, &project, &selected, &none, Goal::Started, None).await? {
             Verdict::Failed(reasons) => {
                 print_reasons(&reasons);
                 code = 1;
             }
             // Scaled down: the surplus containers go before this process (and with it the
             // embedded agent that removes them) exits.
-            _ => wait_removed(&mut control, &project.name, &selected).await?,
+            _ => {
+                super::up::settle(&mut control, &project, &selected, None).await?;
+            }
         }
     }
     connection.close().await;
     Ok(code)
-}
-
-/// Waits until the services have no tasks left that are being stopped or removed.
-async fn wait_removed(
-    control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
-    stack: &str,
-    services: &BTreeSet<String>,
-) -> anyhow::Result<()> {
-    let mut events = control.watch(pb::WatchRequest { stack: stack.to_string() }).await?.into_inner();
-    let mut progress = Progress::new();
-    let mut leaving: BTreeSet<u64> = BTreeSet::new();
-    let mut ready = false;
-    while let Some(event) = events.next().await {
-        let event = event.context("progress stream")?;
-        if let Some(task) = event.task {
-            let selected = task.service.as_ref().is_some_and(|s| services.contains(&s.service));
-            if selected && task.desired != pb::DesiredState::Running as i32 {
-                progress.update(&task);
-                if task.state == pb::TaskState::Removed as i32 {
-                    leaving.remove(&task.id);
-                } else {
-                    leaving.insert(task.id);
-                }
-            }
-        }
-        ready |= event.snapshot_done;
-        if ready && leaving.is_empty() {
-            break;
-        }
-    }
-    progress.finish();
-    Ok(())
 }
 
 #[cfg(test)]

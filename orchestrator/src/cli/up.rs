@@ -60,6 +60,14 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
 
     let connection = connect(target).await?;
     let mut control = connection.control.clone();
+    // The tasks before this deployment: those of services it recreates must not count as
+    // converged while the manager has yet to replace them.
+    let before = control
+        .list_tasks(pb::ListTasksRequest { stack: project.name.clone(), services: vec![], all: true })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner()
+        .tasks;
     let response = control
         .deploy_stack(pb::DeployStackRequest {
             stack: project.name.clone(),
@@ -82,7 +90,24 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
 
     let goal = if args.wait { Goal::Healthy } else { Goal::Started };
     let timeout = args.timeout.map(Duration::from_secs);
-    let outcome = wait_for(&mut control, project, &selected, goal, timeout).await?;
+    let recreated: BTreeSet<&String> = response.recreated.iter().collect();
+    let outdated: BTreeSet<u64> = before
+        .iter()
+        .filter(|t| t.service.as_ref().is_some_and(|s| recreated.contains(&s.service)))
+        .map(|t| t.id)
+        .collect();
+    let started = tokio::time::Instant::now();
+    let mut outcome = wait_for(&mut control, project, &selected, &outdated, goal, timeout).await?;
+    if outcome == Verdict::Converged {
+        // Replaced and surplus containers go before this process (and with it an embedded
+        // agent) exits.
+        let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
+        if !settle(&mut control, project, &selected, left).await? {
+            let after = timeout.map_or(0, |t| t.as_secs());
+            let reason = format!("gave up after {after}s waiting for replaced containers to be removed");
+            outcome = Verdict::Failed(vec![(String::new(), reason)]);
+        }
+    }
     let code = match outcome {
         Verdict::Converged => 0,
         Verdict::Failed(reasons) => {
@@ -100,11 +125,13 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
     Ok(code)
 }
 
-/// Watches the stack's tasks until `goal` is reached, fails, or `timeout` passes.
+/// Watches the stack's tasks until `goal` is reached, fails, or `timeout` passes. Tasks in
+/// `outdated` (about to be replaced) are not judged.
 pub async fn wait_for(
     control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
     project: &crate::compose::model::Project,
     selected: &BTreeSet<String>,
+    outdated: &BTreeSet<u64>,
     goal: Goal,
     timeout: Option<Duration>,
 ) -> anyhow::Result<Verdict> {
@@ -133,7 +160,7 @@ pub async fn wait_for(
             let selected_task = task.service.as_ref().is_some_and(|s| selected.contains(&s.service));
             if task.state == pb::TaskState::Removed as i32 {
                 tasks.remove(&task.id);
-            } else if selected_task {
+            } else if selected_task && !outdated.contains(&task.id) {
                 if task.desired == pb::DesiredState::Running as i32 {
                     progress.update(&task);
                 }
@@ -150,6 +177,70 @@ pub async fn wait_for(
                 progress.finish();
                 return Ok(verdict);
             }
+        }
+    }
+}
+
+/// Waits until the selected services have no tasks left that are being stopped or removed
+/// and no more tasks meant to run than their replicas (global services: any number); false if
+/// `timeout` passes first.
+pub async fn settle(
+    control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+    project: &crate::compose::model::Project,
+    selected: &BTreeSet<String>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<bool> {
+    let wanted: BTreeMap<&String, Option<u64>> = selected
+        .iter()
+        .filter_map(|name| project.services.get(name).map(|spec| (name, spec)))
+        .map(|(name, spec)| {
+            let global = spec.deploy.as_ref().and_then(|d| d.mode.as_deref()).is_some_and(|m| m.starts_with("global"));
+            (name, (!global).then(|| spec.replicas()))
+        })
+        .collect();
+    let mut events = control.watch(pb::WatchRequest { stack: project.name.clone() }).await?.into_inner();
+    let mut progress = Progress::new();
+    let mut tasks: BTreeMap<u64, pb::Task> = BTreeMap::new();
+    let mut ready = false;
+    let settled = |tasks: &BTreeMap<u64, pb::Task>| {
+        wanted.iter().all(|(name, replicas)| {
+            let of_service: Vec<&pb::Task> =
+                tasks.values().filter(|t| t.service.as_ref().is_some_and(|s| &&s.service == name)).collect();
+            let leaving = of_service.iter().any(|t| t.desired != pb::DesiredState::Running as i32);
+            let running = of_service.len() as u64;
+            !leaving && replicas.is_none_or(|r| running <= r)
+        })
+    };
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    loop {
+        let next = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    progress.finish();
+                    return Ok(false);
+                }
+            },
+            None => events.next().await,
+        };
+        let Some(event) = next else { anyhow::bail!("the manager closed the progress stream") };
+        let event = event.context("progress stream")?;
+        if let Some(task) = event.task {
+            if task.state == pb::TaskState::Removed as i32 {
+                if tasks.remove(&task.id).is_some() {
+                    progress.update(&task);
+                }
+            } else if task.service.as_ref().is_some_and(|s| selected.contains(&s.service)) {
+                if task.desired != pb::DesiredState::Running as i32 {
+                    progress.update(&task);
+                }
+                tasks.insert(task.id, task);
+            }
+        }
+        ready |= event.snapshot_done;
+        if ready && settled(&tasks) {
+            progress.finish();
+            return Ok(true);
         }
     }
 }

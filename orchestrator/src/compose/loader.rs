@@ -152,6 +152,8 @@ struct Loader {
     warnings: Vec<LoadWarning>,
     /// Files given as text rather than read from disk.
     in_memory: BTreeMap<PathBuf, String>,
+    /// Files parsed early (to find the project name), kept for the real read.
+    parsed: BTreeMap<PathBuf, SourceFile>,
 }
 
 impl Loader {
@@ -183,7 +185,7 @@ impl Loader {
     /// The project name before the files are interpolated: `-p`, `COMPOSE_PROJECT_NAME`, the
     /// last `name:` of the files (itself interpolated), or the directory. `None` if unusable.
     fn early_project_name(
-        &self,
+        &mut self,
         options: &LoadOptions,
         env: &BTreeMap<String, String>,
         files: &[PathBuf],
@@ -202,6 +204,7 @@ impl Loader {
                     name = Some(value.clone());
                 }
             }
+            self.parsed.insert(file.clone(), source);
         }
         let mut top = Mapping::new();
         if let Some(mut value) = name {
@@ -245,9 +248,10 @@ impl Loader {
 
     /// One file → one canonical document (its YAML documents merged in order).
     fn read_canonical(&mut self, file: &Path, env: &BTreeMap<String, String>) -> Result<Value, LoadError> {
-        let source = match self.in_memory.get(file) {
-            Some(text) => SourceFile::parse(file, text)?,
-            None => SourceFile::read(file)?,
+        let source = match (self.parsed.remove(file), self.in_memory.get(file)) {
+            (Some(parsed), _) => parsed,
+            (None, Some(text)) => SourceFile::parse(file, text)?,
+            (None, None) => SourceFile::read(file)?,
         };
         let index = self.sources.len();
         let documents = source.documents.clone();
@@ -606,7 +610,7 @@ impl Loader {
         let prefer_key = e.message.starts_with("unknown attribute");
         let mut current = Some(e.path.clone());
         while let Some(p) = current {
-            if let Some(source) = self.sources.iter().rev().find(|s| s.positions.contains(&p)) {
+            if let Some(source) = self.sources.iter().rev().find(|s| s.positions().contains(&p)) {
                 let location = source.location(&p, prefer_key);
                 return LoadError::new(location, e.path, e.message).with_hint_opt(e.hint);
             }

@@ -194,8 +194,15 @@ fn rule_for(logical: &[String]) -> Rule {
 }
 
 fn pattern_matches(pattern: &str, logical: &[String]) -> bool {
-    let parts: Vec<&str> = pattern.split('.').collect();
-    parts.len() == logical.len() && parts.iter().zip(logical).all(|(p, k)| *p == "*" || p == k)
+    // Runs for every node against every rule: compare without allocating.
+    let mut parts = pattern.split('.');
+    for key in logical {
+        match parts.next() {
+            Some(part) if part == "*" || part == key => {}
+            _ => return false,
+        }
+    }
+    parts.next().is_none()
 }
 
 /// Where a merge step stands: the key path used in errors, and the path used to look up rules

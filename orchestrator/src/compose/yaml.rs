@@ -4,6 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::Deserialize;
 use serde_yaml::Value;
@@ -170,7 +171,10 @@ pub struct SourceFile {
     pub path: PathBuf,
     /// Every YAML document of the file, in order (compose merges them in that order).
     pub documents: Vec<Value>,
-    pub positions: PositionIndex,
+    text: String,
+    /// Built on first use: most loads never report a position, and the index costs as much as
+    /// parsing the file again.
+    positions: OnceLock<PositionIndex>,
 }
 
 impl SourceFile {
@@ -186,11 +190,17 @@ impl SourceFile {
 
     /// Parses YAML text that came from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<SourceFile, LoadError> {
-        let positions = PositionIndex::build(text);
+        let positions = OnceLock::new();
+        // YAML 1.2 octal (`0o440`) needs the written text, which only the index keeps.
+        if text.contains("0o") {
+            let _ = positions.set(PositionIndex::build(text));
+        }
         let mut documents = Vec::new();
         for (n, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-            let mut value = Value::deserialize(document).map_err(|e| syntax_error(path, &e, &positions))?;
-            for (_, mode_path, literal) in positions.octal_modes.iter().filter(|(d, ..)| *d == n) {
+            let mut value = Value::deserialize(document)
+                .map_err(|e| syntax_error(path, &e, positions.get_or_init(|| PositionIndex::build(text))))?;
+            for (_, mode_path, literal) in positions.get().iter().flat_map(|p| &p.octal_modes).filter(|(d, ..)| *d == n)
+            {
                 if let Some(v @ Value::Number(_)) = node_mut(&mut value, mode_path) {
                     *v = Value::String(literal.clone());
                 }
@@ -204,11 +214,16 @@ impl SourceFile {
                 documents.push(value);
             }
         }
-        Ok(SourceFile { path: path.to_path_buf(), documents, positions })
+        Ok(SourceFile { path: path.to_path_buf(), documents, text: text.to_string(), positions })
+    }
+
+    /// Where the nodes of this file are (built on first use).
+    pub fn positions(&self) -> &PositionIndex {
+        self.positions.get_or_init(|| PositionIndex::build(&self.text))
     }
 
     pub fn location(&self, path: &KeyPath, prefer_key: bool) -> Location {
-        let pos = self.positions.locate(path, prefer_key);
+        let pos = self.positions().locate(path, prefer_key);
         Location { file: self.path.clone(), line: pos.map_or(0, |p| p.line), column: pos.map_or(0, |p| p.column) }
     }
 }
