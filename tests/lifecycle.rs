@@ -165,7 +165,6 @@ fn separate_state_dirs_do_not_touch_each_others_containers() {
 }
 
 #[test]
-#[ignore = "bug: a second shoal process on a busy state dir works (it talks to the first) but logs `ERROR shoal::raft: raft driver stopped: ... in use by another process`"]
 fn a_second_process_on_the_same_state_dir_is_quiet() {
     let s = Stack::new("second");
     s.compose(&format!(
@@ -238,4 +237,18 @@ fn a_verb_racing_another_process_on_the_state_dir_succeeds() {
     let ps = s.ps_json(false);
     assert_eq!(ps.len(), 1, "{ps:#?}");
     assert_eq!(ps[0]["State"], "running");
+}
+
+#[test]
+#[ignore = "bug: a container adopted by a new process whose healthcheck has not passed yet (engine: `starting`) is reported with no health, so ps shows HEALTH empty"]
+fn ps_in_a_new_process_shows_a_starting_health() {
+    let s = Stack::new("healthstart");
+    // The first check runs only after an hour: the engine says `starting` all along.
+    s.compose(&format!(
+        "services:\n  slow:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n    healthcheck: {{test: [CMD, 'true'], interval: 1h}}\n"
+    ));
+    s.ok(&["up", "-d"]);
+    assert_eq!(s.container("slow", 1)["State"]["Health"]["Status"], "starting");
+    let ps = s.ps_json(false);
+    assert_eq!((ps[0]["State"].as_str(), ps[0]["Health"].as_str()), (Some("running"), Some("starting")), "{ps:#?}");
 }

@@ -161,7 +161,6 @@ volumes:
 }
 
 #[test]
-#[ignore = "bug: service_started counts a dependency as started once its agent reports `starting`, before the container has started"]
 fn service_started_waits_for_the_dependency_container_to_start() {
     // Timing-dependent: the dependents win the race against db's `docker start` mostly on a
     // loaded machine (seen in a full suite run with builds in parallel).

@@ -28,7 +28,8 @@ fn unmet(state: &ClusterState, name: &str, dependency: &ServiceRecord, edge: &De
     let count = |ok: &dyn Fn(&crate::store::state::Task) -> bool| tasks.iter().filter(|t| ok(t)).count() as u64;
     match edge.condition {
         DependencyCondition::ServiceStarted => {
-            let started = count(&|t| matches!(t.state, TaskState::Starting | TaskState::Running | TaskState::Complete));
+            // `Starting` is reported before the engine has started the container: not yet.
+            let started = count(&|t| matches!(t.state, TaskState::Running | TaskState::Complete));
             (started < wanted).then(|| format!("waiting for {name} to start ({started} of {wanted} started)"))
         }
         DependencyCondition::ServiceHealthy => {

@@ -570,8 +570,12 @@ pub async fn start<S: StateMachine>(
         .name(format!("raft-{}", config.id))
         .spawn(move || {
             let result = driver::run(config, thread_state, transport, rx, status_tx, ready_tx);
-            if let Err(e) = &result {
-                tracing::error!(target: "shoal::raft", "raft driver stopped: {e}");
+            match &result {
+                // A lock held by another process is an expected start-up outcome (the caller
+                // talks to that process instead), not a failure worth an error line.
+                Err(e @ StoreError::Locked { .. }) => tracing::debug!(target: "shoal::raft", "{e}"),
+                Err(e) => tracing::error!(target: "shoal::raft", "raft driver stopped: {e}"),
+                Ok(()) => {}
             }
             let _ = done_tx.send(result);
         })
