@@ -23,6 +23,22 @@ pub enum Verdict {
     Failed(Vec<(String, String)>),
 }
 
+/// The service's tasks that are meant to run.
+fn current_tasks<'a>(tasks: &'a BTreeMap<u64, pb::Task>, service: &str) -> Vec<&'a pb::Task> {
+    tasks
+        .values()
+        .filter(|t| t.service.as_ref().is_some_and(|s| s.service == service))
+        .filter(|t| t.desired == pb::DesiredState::Running as i32)
+        .collect()
+}
+
+/// A replicated service whose tasks have not all been created yet (global services have as
+/// many as there are nodes, which the client does not know).
+fn missing_replicas(spec: &crate::compose::model::Service, current: &[&pb::Task]) -> bool {
+    let global = spec.deploy.as_ref().and_then(|d| d.mode.as_deref()).is_some_and(|m| m.starts_with("global"));
+    !global && (current.len() as u64) < spec.replicas()
+}
+
 /// Messages the scheduler gives pending tasks that will not resolve by waiting.
 const PERMANENT: [&str; 2] = ["did not complete successfully", "has no healthcheck"];
 
@@ -36,13 +52,8 @@ pub fn evaluate(
     let mut waiting = false;
     for name in services {
         let Some(spec) = project.services.get(name) else { continue };
-        let current: Vec<&pb::Task> = tasks
-            .values()
-            .filter(|t| t.service.as_ref().is_some_and(|s| &s.service == name))
-            .filter(|t| t.desired == pb::DesiredState::Running as i32)
-            .collect();
-        let global = spec.deploy.as_ref().and_then(|d| d.mode.as_deref()).is_some_and(|m| m.starts_with("global"));
-        if !global && (current.len() as u64) < spec.replicas() {
+        let current = current_tasks(tasks, name);
+        if missing_replicas(spec, &current) {
             waiting = true;
             continue;
         }
@@ -106,13 +117,8 @@ pub fn still_waiting(
     let mut out = Vec::new();
     for name in services {
         let Some(spec) = project.services.get(name) else { continue };
-        let current: Vec<&pb::Task> = tasks
-            .values()
-            .filter(|t| t.service.as_ref().is_some_and(|s| &s.service == name))
-            .filter(|t| t.desired == pb::DesiredState::Running as i32)
-            .collect();
-        let global = spec.deploy.as_ref().and_then(|d| d.mode.as_deref()).is_some_and(|m| m.starts_with("global"));
-        if !global && (current.len() as u64) < spec.replicas() {
+        let current = current_tasks(tasks, name);
+        if missing_replicas(spec, &current) {
             out.push((name.clone(), format!("{} of {} containers created", current.len(), spec.replicas())));
         }
         let has_healthcheck = has_healthcheck(spec);
