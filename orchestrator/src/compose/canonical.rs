@@ -606,18 +606,8 @@ fn canonicalize_depends_on(value: &mut Value, path: &KeyPath) -> Result<()> {
         m
     };
     match value {
-        Value::Null => {
-            *value = Value::Mapping(Mapping::new());
-            Ok(())
-        }
-        Value::Sequence(items) => {
-            let mut map = Mapping::new();
-            for (i, item) in items.iter().enumerate() {
-                let name = item.as_str().ok_or_else(|| expected(&path.index(i), "a service name", item))?;
-                map.insert(Value::String(name.to_string()), Value::Mapping(default_entry()));
-            }
-            *value = Value::Mapping(map);
-            Ok(())
+        Value::Null | Value::Sequence(_) => {
+            names_to_map(value, path, "a service name", || Value::Mapping(default_entry()))
         }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
@@ -642,22 +632,25 @@ fn canonicalize_depends_on(value: &mut Value, path: &KeyPath) -> Result<()> {
     }
 }
 
+/// A list of names (or null) → a map of each name to `entry()`; other values are left alone.
+fn names_to_map(value: &mut Value, path: &KeyPath, what: &str, entry: impl Fn() -> Value) -> Result<()> {
+    let mut map = Mapping::new();
+    if let Value::Sequence(items) = value {
+        for (i, item) in items.iter().enumerate() {
+            let name = item.as_str().ok_or_else(|| expected(&path.index(i), what, item))?;
+            map.insert(Value::String(name.to_string()), entry());
+        }
+    } else if !value.is_null() {
+        return Ok(());
+    }
+    *value = Value::Mapping(map);
+    Ok(())
+}
+
 /// `[a, b]` → `{a: null, b: null}` (service networks, models).
 fn list_to_null_map(value: &mut Value, path: &KeyPath) -> Result<()> {
     match value {
-        Value::Null => {
-            *value = Value::Mapping(Mapping::new());
-            Ok(())
-        }
-        Value::Sequence(items) => {
-            let mut map = Mapping::new();
-            for (i, item) in items.iter().enumerate() {
-                let name = item.as_str().ok_or_else(|| expected(&path.index(i), "a name", item))?;
-                map.insert(Value::String(name.to_string()), Value::Null);
-            }
-            *value = Value::Mapping(map);
-            Ok(())
-        }
+        Value::Null | Value::Sequence(_) => names_to_map(value, path, "a name", || Value::Null),
         Value::Mapping(_) => Ok(()),
         other => Err(expected(path, "a list of names or a mapping", other)),
     }
