@@ -141,21 +141,13 @@ pub async fn wait_for(
     let mut ready = false;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
-        let next = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    progress.finish();
-                    let mut reasons = still_waiting(project, selected, &tasks, goal);
-                    let after = timeout.map_or(0, |t| t.as_secs());
-                    reasons.insert(0, (String::new(), format!("gave up after {after}s; still waiting for:")));
-                    return Ok(Verdict::Failed(reasons));
-                }
-            },
-            None => events.next().await,
+        let Some(event) = next_event(&mut events, deadline).await? else {
+            progress.finish();
+            let mut reasons = still_waiting(project, selected, &tasks, goal);
+            let after = timeout.map_or(0, |t| t.as_secs());
+            reasons.insert(0, (String::new(), format!("gave up after {after}s; still waiting for:")));
+            return Ok(Verdict::Failed(reasons));
         };
-        let Some(event) = next else { anyhow::bail!("the manager closed the progress stream") };
-        let event = event.context("progress stream")?;
         if let Some(task) = event.task {
             let selected_task = task.service.as_ref().is_some_and(|s| selected.contains(&s.service));
             if task.state == pb::TaskState::Removed as i32 {
@@ -213,18 +205,10 @@ pub async fn settle(
     };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
-        let next = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    progress.finish();
-                    return Ok(false);
-                }
-            },
-            None => events.next().await,
+        let Some(event) = next_event(&mut events, deadline).await? else {
+            progress.finish();
+            return Ok(false);
         };
-        let Some(event) = next else { anyhow::bail!("the manager closed the progress stream") };
-        let event = event.context("progress stream")?;
         if let Some(task) = event.task {
             if task.state == pb::TaskState::Removed as i32 {
                 if tasks.remove(&task.id).is_some() {
@@ -243,6 +227,23 @@ pub async fn settle(
             return Ok(true);
         }
     }
+}
+
+/// The next watch event, or `None` once `deadline` has passed; an error when the stream ends
+/// or fails.
+async fn next_event(
+    events: &mut tonic::Streaming<pb::WatchEvent>,
+    deadline: Option<tokio::time::Instant>,
+) -> anyhow::Result<Option<pb::WatchEvent>> {
+    let next = match deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(next) => next,
+            Err(_) => return Ok(None),
+        },
+        None => events.next().await,
+    };
+    let Some(event) = next else { anyhow::bail!("the manager closed the progress stream") };
+    Ok(Some(event.context("progress stream")?))
 }
 
 /// Follows the logs until Ctrl-C, then removes the stack's containers (keeping volumes).
