@@ -149,3 +149,36 @@ fn missing_compose_file_says_how_to_fix_it() {
     assert!(out.stderr.contains("no compose file found"), "{}", out.stderr);
     assert!(out.stderr.contains("hint:"), "{}", out.stderr);
 }
+
+#[test]
+fn output_loads_back_unchanged_and_reads_right_in_yaml_1_1() {
+    let p = Project::new("reload");
+    // `$$` is a literal `$`; `no`/`on`/`1:30` are strings here but not to a YAML 1.1 reader.
+    p.write(
+        "reload/compose.yaml",
+        "services:\n  app:\n    image: x\n    restart: \"no\"\n    command: [echo, \"$$HOME\", \"$${HOME}\"]\n    \
+         environment:\n      PRICE: costs $$5\n      DEBUG: \"on\"\n      WHEN: \"1:30\"\n",
+    );
+    let dir = p.path().join("reload");
+    let first = run(shoal(&dir).args(["config"]).env("HOME", "/expanded"));
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    for line in [
+        "    restart: 'no'",
+        "    - $$HOME",
+        "    - $${HOME}",
+        "      PRICE: costs $$5",
+        "      DEBUG: 'on'",
+        "      WHEN: '1:30'",
+    ] {
+        assert!(first.stdout.lines().any(|l| l == line), "no line {line:?} in:\n{}", first.stdout);
+    }
+    // The output is a compose file for the same project: loading it prints the same again.
+    p.write("reload/printed/compose.yaml", &first.stdout);
+    let again = run(shoal(&dir.join("printed")).args(["config"]).env("HOME", "/expanded"));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.stdout, first.stdout);
+    let json = run(shoal(&dir).args(["config", "--format", "json"]));
+    let doc: Json = serde_json::from_str(&json.stdout).expect("valid JSON");
+    assert_eq!(doc["services"]["app"]["command"][1], "$$HOME");
+    assert_eq!(doc["services"]["app"]["restart"], "no");
+}

@@ -125,6 +125,14 @@ fn a_missing_image_is_one_error_naming_it() {
     assert!(errors[0].contains(&image), "{}", up.stderr);
     assert!(errors[0].contains("service web"), "{}", up.stderr);
     assert_eq!(s.container_ids(), Vec::<String>::new());
+    // `ps -a`: the task never had a container, so it has no exit code to show either.
+    let ps = s.ps_json(true);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0]["State"], "rejected", "{ps:?}");
+    assert!(ps[0]["Reason"].as_str().is_some_and(|r| r.contains(&image)), "{ps:?}");
+    let table = s.ok(&["ps", "-a"]).stdout;
+    assert!(!table.contains("exited"), "{table}");
+    s.ok(&["down"]);
 }
 
 #[test]
@@ -136,12 +144,24 @@ fn a_port_in_use_is_one_error_naming_it() {
         "services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n    ports: ['{port}:80']\n"
     ));
     let up = s.run(&["up", "-d"]);
-    drop(listener);
     assert_ne!(up.code, 0);
     let errors = error_lines(&up.stderr);
     assert_eq!(errors.len(), 1, "{}", up.stderr);
-    assert!(errors[0].contains(&port.to_string()) && errors[0].contains("already in use"), "{}", up.stderr);
+    let said = format!("host port {port} is already in use (another container or process holds it); choose another");
+    assert!(errors[0].contains(&said), "{}", up.stderr);
     assert!(errors[0].contains("service web"), "{}", up.stderr);
+    // One sentence: not the engine's text about endpoints and ids.
+    for raw in ["driver failed", "userland proxy", "endpoint", "starting container "] {
+        assert!(!errors[0].contains(raw), "{raw:?} in {}", up.stderr);
+    }
+    // `ps -a` gives the same reason, and does not call a container that never ran "exited".
+    let ps = s.ps_json(true);
+    assert_eq!(ps.len(), 1, "{ps:?}");
+    assert_eq!(ps[0]["State"], "failed", "{ps:?}");
+    assert!(ps[0]["Reason"].as_str().is_some_and(|r| r.contains(&said)), "{ps:?}");
+    drop(listener);
+    s.ok(&["down"]);
+    assert_eq!(s.container_ids(), Vec::<String>::new());
 }
 
 #[test]

@@ -206,7 +206,6 @@ fn ps_in_a_new_process_shows_what_happened_meanwhile() {
 }
 
 #[test]
-#[ignore = "bug: a verb started while another short-lived shoal process holds the state dir fails (`tcp connect error`, `the raft state ... is in use by another process`) or loses its request when that process exits"]
 fn a_verb_racing_another_process_on_the_state_dir_succeeds() {
     let s = Stack::new("race");
     s.compose(&format!("services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n"));
@@ -240,7 +239,6 @@ fn a_verb_racing_another_process_on_the_state_dir_succeeds() {
 }
 
 #[test]
-#[ignore = "bug: a container adopted by a new process whose healthcheck has not passed yet (engine: `starting`) is reported with no health, so ps shows HEALTH empty"]
 fn ps_in_a_new_process_shows_a_starting_health() {
     let s = Stack::new("healthstart");
     // The first check runs only after an hour: the engine says `starting` all along.

@@ -123,6 +123,36 @@ fn down_leaves_only_named_volumes_and_down_v_removes_them() {
 }
 
 #[test]
+fn down_reports_a_network_the_engine_keeps_and_removes_everything_else() {
+    let s = Stack::new("netbusy");
+    s.compose(&format!(
+        "services:\n  app:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n    networks: [default, back]\nnetworks:\n  back:\n"
+    ));
+    s.ok(&["up", "-d"]);
+    let (default, back) = (format!("{}_default", s.name), format!("{}_back", s.name));
+    assert_eq!(s.networks(), [back.clone(), default.clone()]);
+    // A container Shoal does not manage uses the default network, so the engine refuses to
+    // remove it. (Named after the project: the stack's cleanup removes it.)
+    let squatter = format!("{}-squatter", s.name);
+    let label = format!("{}={}", shoal_tests::stack::TEST_LABEL, run_id());
+    let squat = ["run", "-d", "--name", &squatter, "--label", &label, "--network", &default, IMAGE, "sleep", "600"];
+    docker_ok(&squat);
+
+    let down = s.run(&["down"]);
+    assert_eq!(down.code, 1, "down hid the engine's refusal:\n{}", down.stderr);
+    let errors = error_lines(&down.stderr);
+    assert!(
+        errors.iter().any(|l| l.contains(&default) && l.contains("active endpoints")),
+        "no error naming {default} and the engine's reason:\n{}",
+        down.stderr
+    );
+    // Everything else is gone: the stack's container, its other network, the stack itself.
+    assert_eq!(docker(&["inspect", &s.container_name("app", 1)]).code, 1, "the app container is still there");
+    assert_eq!(s.networks(), [default], "only the network in use stays");
+    assert!(!s.ls().contains(&s.name), "down did not forget the stack");
+}
+
+#[test]
 fn dependents_start_only_once_the_dependency_is_healthy() {
     let s = Stack::new("gating");
     // db becomes healthy 2s after it starts; api (service_healthy) records at start whether db

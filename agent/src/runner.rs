@@ -89,6 +89,11 @@ struct Shared<E> {
 struct TaskEntry {
     container_id: Option<String>,
     stop_grace: Duration,
+    /// An adopted container that was created but never started (the agent stopped between
+    /// create and start). It starts only once the manager wants its task running
+    /// ([`TaskRunner::start_adopted`]): its dependencies may not be ready, or the task may be
+    /// on its way out.
+    unstarted: bool,
 }
 
 struct Watcher {
@@ -124,7 +129,8 @@ impl<E: Engine> TaskRunner<E> {
 
     /// Takes over the containers this node already runs (labelled `io.shoal.node=<node>`), e.g.
     /// after an agent restart, instead of recreating them. Reports each one's current state and
-    /// returns the adopted task ids.
+    /// returns the adopted task ids. Containers that were created but never started stay so until
+    /// [`TaskRunner::start_adopted`].
     pub async fn adopt(&self) -> EngineResult<Vec<String>> {
         let node = self.shared.node_id.clone();
         let found = self.shared.engine.list(&[(labels::NODE, &node)]).await?;
@@ -138,17 +144,17 @@ impl<E: Engine> TaskRunner<E> {
                 if tasks.contains_key(&task_id) {
                     false
                 } else {
-                    tasks.insert(
-                        task_id.clone(),
-                        TaskEntry { container_id: Some(c.id.clone()), stop_grace: DEFAULT_STOP_GRACE },
-                    );
+                    let unstarted = c.status == ContainerStatus::Created;
+                    let entry =
+                        TaskEntry { container_id: Some(c.id.clone()), stop_grace: DEFAULT_STOP_GRACE, unstarted };
+                    tasks.insert(task_id.clone(), entry);
                     true
                 }
             };
             if fresh {
                 let shared = self.shared.clone();
                 let tid = task_id.clone();
-                tokio::spawn(async move { shared.adopt_one(tid, c).await });
+                tokio::spawn(async move { shared.adopt_one(tid, c, false).await });
                 adopted.push(task_id);
             }
         }
@@ -165,13 +171,26 @@ impl<E: Engine> TaskRunner<E> {
             if tasks.contains_key(&task_id) {
                 return;
             }
-            tasks.insert(
-                task_id,
-                TaskEntry { container_id: None, stop_grace: spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE) },
-            );
+            let stop_grace = spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE);
+            tasks.insert(task_id, TaskEntry { container_id: None, stop_grace, unstarted: false });
         }
         let shared = self.shared.clone();
         tokio::spawn(async move { shared.run_one(spec).await });
+    }
+
+    /// Starts the task's adopted container if it was created but never started; does nothing
+    /// for any other task. Call it once the manager wants the task running. Progress arrives on
+    /// the status channel, as for [`TaskRunner::run`].
+    pub async fn start_adopted(&self, task_id: &str) {
+        let container = {
+            let mut tasks = self.shared.lock_tasks();
+            let Some(entry) = tasks.get_mut(task_id).filter(|e| e.unstarted) else { return };
+            entry.unstarted = false;
+            entry.container_id.clone()
+        };
+        if let Some(container) = container {
+            self.shared.start_created(task_id, &container).await;
+        }
     }
 
     /// Stops the task's container (its stop signal, the grace period, then a kill). The watcher
@@ -269,7 +288,8 @@ impl<E: Engine> Shared<E> {
             if let Some(t) = self.lock_tasks().get_mut(&task_id) {
                 t.container_id = Some(found.id.clone());
             }
-            self.adopt_one(task_id, found).await;
+            // The manager asked for this task to run: a container never started starts now.
+            self.adopt_one(task_id, found, true).await;
             return;
         }
         let id = match self.engine.create(&spec).await {
@@ -288,7 +308,7 @@ impl<E: Engine> Shared<E> {
         self.report(&task_id, Some(&id), TaskState::Created).await;
         self.report(&task_id, Some(&id), TaskState::Starting).await;
         if let Err(e) = self.engine.start(&id).await {
-            let reason = format!("starting the container failed: {e}");
+            let reason = start_failure(&e);
             self.report(&task_id, Some(&id), TaskState::Failed { reason }).await;
             self.lock_watchers().remove(&id);
             return;
@@ -296,19 +316,29 @@ impl<E: Engine> Shared<E> {
         self.watch(&task_id, &id, watcher, Some(TaskState::Starting)).await;
     }
 
-    async fn adopt_one(self: Arc<Self>, task_id: String, state: ContainerState) {
+    /// Watches an existing container of the task. One that was created but never started (the
+    /// agent died between create and start) is started only if `start`: the manager asked for
+    /// the task to run. Otherwise it waits for [`TaskRunner::start_adopted`].
+    async fn adopt_one(self: Arc<Self>, task_id: String, state: ContainerState, start: bool) {
         let watcher = self.register(&state.id);
-        if state.status == ContainerStatus::Created {
-            // Created but never started: the agent died between create and start.
-            self.report(&task_id, Some(&state.id), TaskState::Starting).await;
-            if let Err(e) = self.engine.start(&state.id).await {
-                let reason = format!("starting the adopted container failed: {e}");
-                self.report(&task_id, Some(&state.id), TaskState::Failed { reason }).await;
-                self.lock_watchers().remove(&state.id);
-                return;
-            }
+        if start && state.status == ContainerStatus::Created && !self.start_created(&task_id, &state.id).await {
+            self.lock_watchers().remove(&state.id);
+            return;
         }
         self.watch(&task_id, &state.id, watcher, None).await;
+    }
+
+    /// Starts a created container; false (reported as the task's failure) when the engine refuses.
+    async fn start_created(&self, task_id: &str, container_id: &str) -> bool {
+        self.report(task_id, Some(container_id), TaskState::Starting).await;
+        match self.engine.start(container_id).await {
+            Ok(()) => true,
+            Err(e) => {
+                let reason = format!("starting the adopted container failed: {e}");
+                self.report(task_id, Some(container_id), TaskState::Failed { reason }).await;
+                false
+            }
+        }
     }
 
     /// Inspect → derive → report-if-changed, once now and again on every nudge, until the
@@ -385,6 +415,15 @@ fn derive(c: &ContainerState) -> Option<TaskState> {
         }
         ContainerStatus::Removing => return None,
     })
+}
+
+/// Why a start failed. An error that already says what is wrong and what to do (a taken host
+/// port) stands alone; anything else is the engine's answer, so say what was asked of it.
+fn start_failure(e: &EngineError) -> String {
+    match e {
+        EngineError::PortInUse { .. } => e.to_string(),
+        _ => format!("starting the container failed: {e}"),
+    }
 }
 
 fn describe(state: &TaskState) -> String {

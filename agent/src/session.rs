@@ -66,8 +66,8 @@ pub struct AgentConfig {
     pub connect_timeout: Duration,
     /// Deadline of unary calls (register, heartbeat, status updates).
     pub rpc_timeout: Duration,
-    /// Statuses observed within this window are sent in one UpdateTaskStatus call.
-    pub status_batch_window: Duration,
+    /// Most statuses in one UpdateTaskStatus call. There is no batching window: a status is
+    /// sent at once when no call is in flight; those that arrive during a call go in the next.
     pub status_batch_max: usize,
 }
 
@@ -87,7 +87,6 @@ impl AgentConfig {
             min_backoff: Duration::from_millis(100),
             connect_timeout: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(10),
-            status_batch_window: Duration::from_millis(20),
             status_batch_max: 1000,
         }
     }
@@ -228,25 +227,7 @@ impl<E: Engine> Agent<E> {
         if let Some(core) = &self.core {
             return Ok(core.clone());
         }
-        let (status_tx, status_rx) = mpsc::channel(1024);
-        let runner = TaskRunner::start(self.engine.clone(), node_id, status_tx).await?;
-        let core = Arc::new(Core {
-            engine: self.engine.clone(),
-            runner,
-            tasks: Mutex::new(HashMap::new()),
-            reports: Reports::default(),
-            network_lock: tokio::sync::Mutex::new(()),
-            image_locks: Mutex::new(HashMap::new()),
-            pump: Mutex::new(None),
-            adopted: Mutex::new(HashSet::new()),
-        });
-        let pump = tokio::spawn(pump_statuses(Arc::downgrade(&core), status_rx));
-        *lock(&core.pump) = Some(pump);
-        let adopted = core.runner.adopt().await?;
-        *lock(&core.adopted) = adopted.iter().filter_map(|id| id.parse().ok()).collect();
-        if !adopted.is_empty() {
-            tracing::info!(count = adopted.len(), "adopted this node's containers");
-        }
+        let core = Core::start(self.engine.clone(), node_id).await?;
         self.core = Some(core.clone());
         Ok(core)
     }
@@ -362,12 +343,12 @@ async fn heartbeat(
     }
 }
 
-/// Sends status reports in batches. The first call of a session is the sync report: sent once
-/// the complete set is applied and the adopted containers' states are in (or after 5 s), even
-/// when empty, so the manager knows its view of this node is current
+/// Sends status reports, group-commit style (see [`send_pending`]). The first call of a session
+/// is the sync report: sent once the complete set is applied and the adopted containers' states
+/// are in (or after 5 s), even when empty, so the manager knows its view of this node is current
 /// (`DispatcherService::wait_synced`).
 async fn flush<E: Engine>(
-    mut client: Client,
+    client: Client,
     node_id: &str,
     core: &Core<E>,
     mut complete: watch::Receiver<bool>,
@@ -385,31 +366,42 @@ async fn flush<E: Engine>(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let max = config.status_batch_max.max(1);
+    let send = |updates: Vec<pb::TaskStatus>| {
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(pb::UpdateTaskStatusRequest { node_id: node_id.to_string(), updates });
+        request.set_timeout(config.rpc_timeout);
+        async move { client.update_task_status(request).await.map(drop).map_err(rpc("update task status")) }
+    };
     // The sync report goes out even when there is nothing to report.
-    let mut must_send = true;
+    send_pending(reports, max, true, send).await?;
     loop {
-        if !must_send {
-            reports.wait().await;
-            // Let a burst (a whole stack starting) gather into one call.
-            tokio::time::sleep(config.status_batch_window).await;
+        reports.wait().await;
+        send_pending(reports, max, false, send).await?;
+    }
+}
+
+/// Sends every pending status now, in calls of at most `max`, one call in flight at a time:
+/// statuses that arrive while a call is in flight gather and go together in the next one (group
+/// commit). A lone status thus pays no batching delay, and a burst (a whole stack starting)
+/// still shares calls. `force` sends one call even when nothing is pending. A failed call puts
+/// its statuses back, unless newer ones replaced them meanwhile.
+async fn send_pending<F, Fut>(reports: &Reports, max: usize, mut force: bool, mut send: F) -> Result<(), SessionError>
+where
+    F: FnMut(Vec<pb::TaskStatus>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), SessionError>>,
+{
+    loop {
+        let batch = reports.take(max);
+        if batch.is_empty() && !force {
+            return Ok(());
         }
-        loop {
-            let batch = reports.take(config.status_batch_max.max(1));
-            if batch.is_empty() && !must_send {
-                break;
-            }
-            must_send = false;
-            let mut request = tonic::Request::new(pb::UpdateTaskStatusRequest {
-                node_id: node_id.to_string(),
-                updates: batch.clone(),
-            });
-            request.set_timeout(config.rpc_timeout);
-            match client.update_task_status(request).await {
-                Ok(_) => reports.acked(&batch),
-                Err(s) => {
-                    reports.restore(batch);
-                    return Err(rpc("update task status")(s));
-                }
+        force = false;
+        match send(batch.clone()).await {
+            Ok(()) => reports.acked(&batch),
+            Err(e) => {
+                reports.restore(batch);
+                return Err(e);
             }
         }
     }
@@ -478,9 +470,37 @@ struct Core<E: Engine> {
     /// status report of a session waits (briefly) for their states, so the manager's view is
     /// complete once it has heard from the agent (see the sync report in `flush`).
     adopted: Mutex<HashSet<u64>>,
+    /// The runner's latest status of each task with a container, kept to translate it again
+    /// when what is wanted of the task changes (see [`Core::retranslate`]).
+    observed: Mutex<HashMap<u64, runner::TaskStatus>>,
 }
 
 impl<E: Engine> Core<E> {
+    /// Starts the runner for `node_id` and adopts the node's containers.
+    async fn start(engine: Arc<E>, node_id: &str) -> Result<Arc<Self>, AgentError> {
+        let (status_tx, status_rx) = mpsc::channel(1024);
+        let runner = TaskRunner::start(engine.clone(), node_id, status_tx).await?;
+        let core = Arc::new(Core {
+            engine,
+            runner,
+            tasks: Mutex::new(HashMap::new()),
+            reports: Reports::default(),
+            network_lock: tokio::sync::Mutex::new(()),
+            image_locks: Mutex::new(HashMap::new()),
+            pump: Mutex::new(None),
+            adopted: Mutex::new(HashSet::new()),
+            observed: Mutex::new(HashMap::new()),
+        });
+        let pump = tokio::spawn(pump_statuses(Arc::downgrade(&core), status_rx));
+        *lock(&core.pump) = Some(pump);
+        let adopted = core.runner.adopt().await?;
+        *lock(&core.adopted) = adopted.iter().filter_map(|id| id.parse().ok()).collect();
+        if !adopted.is_empty() {
+            tracing::info!(count = adopted.len(), "adopted this node's containers");
+        }
+        Ok(core)
+    }
+
     /// Ends the agent's work: workers finish their current step and stop; containers stay.
     fn stop(&self) {
         lock(&self.tasks).clear();
@@ -517,6 +537,7 @@ impl<E: Engine> Core<E> {
             }
             self.reports.retain(|id| keep.contains(&id));
             lock(&self.adopted).retain(|id| keep.contains(id));
+            lock(&self.observed).retain(|id, _| keep.contains(id));
         }
         for a in message.changed {
             let desired = match pb::DesiredState::try_from(a.desired) {
@@ -538,11 +559,20 @@ impl<E: Engine> Core<E> {
 
     /// Updates (or starts) the task's worker.
     fn set(self: &Arc<Self>, id: u64, wanted: Wanted) {
+        if self.update_worker(id, wanted) {
+            self.retranslate(id);
+        }
+    }
+
+    /// [`Core::set`]'s work; true when the task's spec arrived just now.
+    fn update_worker(self: &Arc<Self>, id: u64, wanted: Wanted) -> bool {
         let mut tasks = lock(&self.tasks);
         if let Some(slot) = tasks.get(&id) {
+            let mut spec_arrived = false;
             slot.wanted.send_if_modified(|current| {
                 let desired_changed = current.desired != wanted.desired;
                 let gains_spec = current.spec.is_none() && wanted.spec.is_some();
+                spec_arrived = gains_spec;
                 let silenced = current.report && !wanted.report;
                 let volumes = wanted.remove_volumes && !current.remove_volumes;
                 if !(desired_changed || gains_spec || silenced || volumes) {
@@ -560,18 +590,35 @@ impl<E: Engine> Core<E> {
                 }
                 true
             });
-            return;
+            return spec_arrived;
         }
         if wanted.desired == Desired::Remove && !wanted.report && !self.runner.tasks().contains(&id.to_string()) {
             // Nothing here to remove.
-            return;
+            return false;
         }
+        let spec_arrived = wanted.spec.is_some();
         let (wanted_tx, wanted_rx) = watch::channel(wanted);
         let (observed, _) = watch::channel(None);
         let slot = Arc::new(TaskSlot { wanted: wanted_tx, observed });
         tasks.insert(id, slot.clone());
         drop(tasks);
         tokio::spawn(work(self.clone(), id, slot, wanted_rx));
+        spec_arrived
+    }
+
+    /// Reports the task's latest observed status again, translated with what is wanted of it
+    /// now, if that reads differently. A status can arrive before its spec — an adopted
+    /// container is seen before the manager's first assignments — and then misses what only the
+    /// spec tells: that a running container's healthcheck is still starting, or that the
+    /// engine restarts an exited one.
+    fn retranslate(&self, id: u64) {
+        let observed = lock(&self.observed);
+        let Some(status) = observed.get(&id) else { return };
+        let Some(wanted) = self.slot(id).map(|s| s.wanted.borrow().clone()) else { return };
+        if wanted.report {
+            // Under the `observed` lock, so that a newer status cannot be pushed in between.
+            self.reports.push_if_changed(translate(id, status.clone(), Some(&wanted)));
+        }
     }
 
     fn slot(&self, id: u64) -> Option<Arc<TaskSlot>> {
@@ -584,6 +631,17 @@ impl<E: Engine> Core<E> {
             state: state as i32,
             message: message.into(),
             container_id: self.runner.container_id(&task.to_string()).unwrap_or_default(),
+            ..pb::TaskStatus::default()
+        });
+    }
+
+    /// The task's container is gone; `cleanup_errors`: what the engine refused to remove after it.
+    fn report_removed(&self, task: u64, cleanup_errors: Vec<String>) {
+        self.reports.push(pb::TaskStatus {
+            task,
+            state: pb::TaskState::Removed as i32,
+            message: "removed".into(),
+            cleanup_errors,
             ..pb::TaskStatus::default()
         });
     }
@@ -612,41 +670,46 @@ impl<E: Engine> Core<E> {
 
     /// After a task's container is gone: when no container of its project is left on this
     /// engine and no task of the project is about to start here, removes the project's networks
-    /// (and, for `down -v`, its named volumes). External ones are never touched. Best effort:
-    /// an engine that refuses (a network still in use) leaves them.
-    async fn clean_up_project(&self, spec: &TaskSpec, volumes: bool) {
+    /// (and, for `down -v`, its named volumes). External ones are never touched. Returns what
+    /// the engine refused to remove (a network another container still uses), one line each
+    /// with the engine's reason; the rest is removed regardless.
+    async fn clean_up_project(&self, spec: &TaskSpec, volumes: bool) -> Vec<String> {
         let project = spec.container.identity.project.as_str();
-        if project.is_empty() {
-            return;
-        }
-        let busy = lock(&self.tasks).values().any(|slot| {
-            let w = slot.wanted.borrow();
-            w.desired != Desired::Remove && w.spec.as_ref().is_some_and(|s| s.container.identity.project == project)
-        });
-        if busy {
-            return;
+        if project.is_empty() || self.project_busy(project) {
+            return Vec::new();
         }
         let _guard = self.network_lock.lock().await;
         match self.engine.list(&[(labels::PROJECT, project)]).await {
             Ok(left) if left.is_empty() => {}
-            Ok(_) => return,
+            Ok(_) => return Vec::new(),
             Err(e) => {
-                tracing::debug!(project, error = %e, "cannot list the project's containers; its networks stay");
-                return;
+                return vec![format!(
+                    "cannot tell whether project {project} has containers left, so its networks stay: {e}"
+                )]
             }
         }
+        let mut errors = Vec::new();
         for network in spec.networks.iter().filter(|n| !n.external) {
             if let Err(e) = self.engine.remove_network(&network.name).await {
-                tracing::debug!(network = %network.name, error = %e, "network not removed");
+                errors.push(format!("network {} was not removed: {}", network.name, engine_reason(&e)));
             }
         }
         if volumes {
             for volume in spec.volumes.iter().filter(|v| !v.external) {
                 if let Err(e) = self.engine.remove_volume(&volume.name).await {
-                    tracing::warn!(volume = %volume.name, error = %e, "volume not removed");
+                    errors.push(format!("volume {} was not removed: {}", volume.name, engine_reason(&e)));
                 }
             }
         }
+        errors
+    }
+
+    /// Whether a task of the project is meant to keep (or start) a container here.
+    fn project_busy(&self, project: &str) -> bool {
+        lock(&self.tasks).values().any(|slot| {
+            let w = slot.wanted.borrow();
+            w.desired != Desired::Remove && w.spec.as_ref().is_some_and(|s| s.container.identity.project == project)
+        })
     }
 
     /// Stops the task's container if it has one; false when there is none.
@@ -667,6 +730,9 @@ impl<E: Engine> Core<E> {
 
     fn on_runner_status(&self, status: runner::TaskStatus) {
         let Ok(id) = status.task_id.parse::<u64>() else { return };
+        // Held until the report is pushed: see `retranslate`.
+        let mut observed = lock(&self.observed);
+        observed.insert(id, status.clone());
         let slot = self.slot(id);
         if let Some(slot) = &slot {
             slot.observed.send_replace(Some(status.state.clone()));
@@ -690,7 +756,11 @@ async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut w
         match current.desired {
             Desired::Running if !started => {
                 started = true;
-                if !core.runner.tasks().contains(&key) {
+                if core.runner.tasks().contains(&key) {
+                    // Adopted: a container that was never started starts now that the manager,
+                    // which gates dependencies, wants the task running.
+                    core.runner.start_adopted(&key).await;
+                } else {
                     match (&current.spec, &current.spec_error) {
                         (Some(spec), _) => match core.prepare_and_run(id, spec).await {
                             // Wait for the container to exist, so that a stop that follows finds it.
@@ -722,15 +792,23 @@ async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut w
                     Ok(()) | Err(RunnerError::UnknownTask(_)) => {
                         // Before the report: once every task is reported removed, `down` is
                         // done, and the process may end.
-                        if let Some(spec) = &current.spec {
-                            core.clean_up_project(spec, current.report && current.remove_volumes).await;
-                        }
+                        let cleanup_errors = match &current.spec {
+                            Some(spec) => core.clean_up_project(spec, current.report && current.remove_volumes).await,
+                            None => Vec::new(),
+                        };
                         if current.report {
-                            core.report(id, pb::TaskState::Removed, "removed");
+                            core.report_removed(id, cleanup_errors);
+                        } else {
+                            for error in &cleanup_errors {
+                                tracing::warn!(task = id, "{error}");
+                            }
                         }
                         let mut tasks = lock(&core.tasks);
                         if tasks.get(&id).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
                             tasks.remove(&id);
+                            drop(tasks);
+                            // Not under the tasks lock: `on_runner_status` takes them the other way round.
+                            lock(&core.observed).remove(&id);
                         }
                         return;
                     }
@@ -753,6 +831,14 @@ async fn work<E: Engine>(core: Arc<Core<E>>, id: u64, slot: Arc<TaskSlot>, mut w
         if wanted.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// The engine's own words for a refusal, without our context (the caller names the object).
+fn engine_reason(e: &EngineError) -> String {
+    match e {
+        EngineError::Api { message, .. } => message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -873,6 +959,13 @@ impl Reports {
         self.wake.notify_one();
     }
 
+    /// Pushes the status unless it is what was last pushed for its task.
+    fn push_if_changed(&self, status: pb::TaskStatus) {
+        if lock(&self.state).latest.get(&status.task) != Some(&status) {
+            self.push(status);
+        }
+    }
+
     async fn wait(&self) {
         if lock(&self.state).pending.is_empty() {
             self.wake.notified().await;
@@ -929,6 +1022,9 @@ impl Reports {
         st.pending.retain(|id, _| keep(*id));
     }
 }
+
+#[cfg(test)]
+mod core_tests;
 
 #[cfg(test)]
 mod tests {
@@ -996,7 +1092,6 @@ mod tests {
     #[test]
     fn reports_keep_the_latest_and_never_replace_removed() {
         let reports = Reports::default();
-        let st = |task, state: pb::TaskState| pb::TaskStatus { task, state: state as i32, ..Default::default() };
         reports.push(st(1, pb::TaskState::Starting));
         reports.push(st(1, pb::TaskState::Running));
         reports.push(st(2, pb::TaskState::Removed));
@@ -1009,6 +1104,97 @@ mod tests {
         reports.acked(&batch);
         reports.resend_all();
         // Task 2 was acknowledged as removed: only task 1 is re-sent.
+        assert_eq!(reports.take(10), vec![st(1, pb::TaskState::Running)]);
+    }
+
+    fn st(task: u64, state: pb::TaskState) -> pb::TaskStatus {
+        pb::TaskStatus { task, state: state as i32, ..Default::default() }
+    }
+
+    type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SessionError>> + Send>>;
+
+    /// A fake UpdateTaskStatus: hands each call's statuses to the test, then waits until the
+    /// test lets the call finish (with the given result).
+    struct FakeCalls {
+        sent: mpsc::UnboundedReceiver<Vec<pb::TaskStatus>>,
+        finish: mpsc::UnboundedSender<Result<(), SessionError>>,
+    }
+
+    fn fake_calls() -> (FakeCalls, impl FnMut(Vec<pb::TaskStatus>) -> Call) {
+        let (sent_tx, sent) = mpsc::unbounded_channel();
+        let (finish, finish_rx) = mpsc::unbounded_channel::<Result<(), SessionError>>();
+        let finish_rx = Arc::new(tokio::sync::Mutex::new(finish_rx));
+        let send = move |batch: Vec<pb::TaskStatus>| {
+            let _ = sent_tx.send(batch);
+            let finish_rx = finish_rx.clone();
+            Box::pin(async move {
+                let outcome = finish_rx.lock().await.recv().await;
+                outcome.unwrap_or_else(|| Err(SessionError::Protocol("the test ended".into())))
+            }) as Call
+        };
+        (FakeCalls { sent, finish }, send)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_status_is_sent_at_once_and_a_burst_during_a_call_shares_the_next() {
+        let reports = Arc::new(Reports::default());
+        let (mut calls, send) = fake_calls();
+        reports.push(st(1, pb::TaskState::Running));
+        let started = tokio::time::Instant::now();
+        let sender = tokio::spawn({
+            let reports = reports.clone();
+            async move { send_pending(&reports, 10, false, send).await }
+        });
+        // Sent alone, without waiting for company (the clock is paused: any timer would show).
+        assert_eq!(calls.sent.recv().await, Some(vec![st(1, pb::TaskState::Running)]));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // While that call is in flight, a burst gathers (only the latest per task counts).
+        reports.push(st(2, pb::TaskState::Starting));
+        reports.push(st(3, pb::TaskState::Starting));
+        reports.push(st(2, pb::TaskState::Running));
+        calls.finish.send(Ok(())).ok();
+        assert_eq!(calls.sent.recv().await, Some(vec![st(2, pb::TaskState::Running), st(3, pb::TaskState::Starting)]));
+        calls.finish.send(Ok(())).ok();
+        // Nothing left: the sender returns (and would wait for the next status).
+        assert!(sender.await.expect("sender").is_ok());
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_the_maximum_and_only_force_sends_empty() {
+        let reports = Arc::new(Reports::default());
+        let (mut calls, send) = fake_calls();
+        for task in 1..=5 {
+            reports.push(st(task, pb::TaskState::Running));
+        }
+        let sender = tokio::spawn({
+            let reports = reports.clone();
+            async move { send_pending(&reports, 2, false, send).await }
+        });
+        let mut sizes = Vec::new();
+        for _ in 0..3 {
+            sizes.push(calls.sent.recv().await.map(|b| b.len()));
+            calls.finish.send(Ok(())).ok();
+        }
+        assert_eq!(sizes, [Some(2), Some(2), Some(1)]);
+        assert!(sender.await.expect("sender").is_ok());
+
+        let (mut calls, send) = fake_calls();
+        calls.finish.send(Ok(())).ok();
+        assert!(send_pending(&reports, 2, true, send).await.is_ok());
+        assert_eq!(calls.sent.recv().await, Some(Vec::new()), "the sync report goes out empty");
+        let (mut calls, send) = fake_calls();
+        assert!(send_pending(&reports, 2, false, send).await.is_ok());
+        assert!(calls.sent.try_recv().is_err(), "nothing pending, nothing forced: no call");
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_puts_its_statuses_back() {
+        let reports = Reports::default();
+        let (calls, send) = fake_calls();
+        reports.push(st(1, pb::TaskState::Running));
+        calls.finish.send(Err(SessionError::Protocol("broken".into()))).ok();
+        assert!(send_pending(&reports, 10, false, send).await.is_err());
         assert_eq!(reports.take(10), vec![st(1, pb::TaskState::Running)]);
     }
 }

@@ -4,7 +4,10 @@
 //! implementation. Containers outlive the process; the next invocation adopts them.
 //!
 //! Two processes on one state dir: the first holds the store's lock and writes its Control
-//! address to `manager.addr`; a second one finds the lock taken and talks to the first instead.
+//! address to `manager.addr`; a second one finds the lock taken and talks to the first instead
+//! (it is the first one's *guest*). The first one may exit while its guest is mid-request: it
+//! removes `manager.addr` before it stops serving, so the guest can tell (see
+//! [`Embedded::host_went_away`]) and start over — usually holding the lock itself by then.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +30,16 @@ const TOKEN_FILE: &str = "join-token";
 /// The embedded node's id, made once per state dir. Each agent manages only containers labelled
 /// with its node id, so two state dirs on one engine must never share one.
 const NODE_ID_FILE: &str = "node-id";
+/// How long to wait for a process that holds the state dir without serving it — it is starting,
+/// or exiting — before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// The pause between attempts to take the state dir: the first, doubling up to the second.
+const LOCK_RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(200));
+/// How long the address of another process's manager may take to accept a connection.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the agent's logs endpoint may take to end: its graceful end waits for open log
+/// streams (a guest's `logs -f` through our manager), which never end by themselves.
+const LOGS_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
@@ -40,11 +53,19 @@ pub enum EmbeddedError {
     Listen(std::io::Error),
     #[error("the local agent did not join the embedded cluster within {0:?}; see the logs with SHOAL_LOG=debug")]
     AgentTimeout(Duration),
+    #[error(
+        "another shoal process has held the state directory {} for {wait:?} without serving it; \
+         if none is running, it may be stuck: stop it and retry",
+        path.display()
+    )]
+    Busy { path: PathBuf, wait: Duration },
 }
 
 /// A running embedded cluster, or a connection to another process's.
 pub struct Embedded {
     address: String,
+    state_dir: PathBuf,
+    /// `None`: a guest of the process that holds the state dir.
     running: Option<Running>,
 }
 
@@ -53,7 +74,6 @@ struct Running {
     shutdown: watch::Sender<bool>,
     agent: JoinHandle<()>,
     logs: JoinHandle<()>,
-    state_dir: PathBuf,
     node_id: String,
 }
 
@@ -69,20 +89,14 @@ impl Embedded {
         let mut config = ManagerConfig::new(state_dir, "127.0.0.1:0", token.clone());
         // Nothing watches the containers between invocations: let the engine restart them.
         config.dispatcher.engine_restarts = true;
-        let manager = match Manager::start(config).await {
-            Ok(manager) => manager,
-            Err(ManagerError::Store(StoreError::Locked { .. })) => {
-                if let Ok(address) = tokio::fs::read_to_string(state_dir.join(ADDRESS_FILE)).await {
-                    return Ok(Embedded { address: address.trim().to_string(), running: None });
-                }
-                return Err(EmbeddedError::Manager(ManagerError::Store(StoreError::Locked {
-                    path: state_dir.to_path_buf(),
-                })));
+        let manager = match take_state_dir(state_dir, config).await? {
+            Holder::This(manager) => manager,
+            Holder::Other(address) => {
+                return Ok(Embedded { address, state_dir: state_dir.to_path_buf(), running: None })
             }
-            Err(e) => return Err(e.into()),
         };
         let address = manager.address.to_string();
-        tokio::fs::write(state_dir.join(ADDRESS_FILE), &address).await.map_err(dir_error)?;
+        write_address(state_dir, &address).await.map_err(dir_error)?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let logs_listener = TcpListener::bind("127.0.0.1:0").await.map_err(EmbeddedError::Listen)?;
@@ -114,8 +128,8 @@ impl Embedded {
             }
         });
 
-        let running = Running { manager, shutdown, agent, logs, state_dir: state_dir.to_path_buf(), node_id };
-        let embedded = Embedded { address, running: Some(running) };
+        let running = Running { manager, shutdown, agent, logs, node_id };
+        let embedded = Embedded { address, state_dir: state_dir.to_path_buf(), running: Some(running) };
         embedded.wait_for_agent(Duration::from_secs(15)).await?;
         Ok(embedded)
     }
@@ -123,6 +137,23 @@ impl Embedded {
     /// The Control API address to dial.
     pub fn control_address(&self) -> String {
         self.address.clone()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// Whether this is a guest of another process's cluster whose host has gone away (or is
+    /// going): its address file is gone or names another manager, or nothing answers there. A
+    /// request that failed then may succeed when run again on a fresh connection.
+    pub async fn host_went_away(&self) -> bool {
+        if self.running.is_some() {
+            return false;
+        }
+        match read_address(&self.state_dir).await {
+            Some(address) if address == self.address => !answers(&address).await,
+            _ => true,
+        }
     }
 
     /// Waits until the local agent is registered and has reported the containers it adopted,
@@ -155,12 +186,66 @@ impl Embedded {
     /// Stops the agent (containers keep running) and the manager (state stays on disk).
     pub async fn shutdown(self) {
         let Some(running) = self.running else { return };
+        // First, so that a guest whose request fails from here on knows why (`host_went_away`),
+        // and new processes wait for the lock instead of dialing a manager about to go.
+        let _ = tokio::fs::remove_file(self.state_dir.join(ADDRESS_FILE)).await;
         running.shutdown.send_replace(true);
         let _ = running.agent.await;
-        let _ = running.logs.await;
-        let _ = tokio::fs::remove_file(running.state_dir.join(ADDRESS_FILE)).await;
         running.manager.shutdown().await;
+        // Past the grace, the logs endpoint is left to end with the process.
+        let _ = tokio::time::timeout(LOGS_GRACE, running.logs).await;
     }
+}
+
+/// Who serves the state dir.
+enum Holder {
+    /// This process: its manager holds the store.
+    This(Manager),
+    /// Another process, whose manager answers at this address.
+    Other(String),
+}
+
+/// Starts the manager on the state dir, or finds the process that holds it. A holder that does
+/// not serve yet (starting) or any more (exiting) is waited for, up to [`LOCK_WAIT`].
+async fn take_state_dir(state_dir: &Path, config: ManagerConfig) -> Result<Holder, EmbeddedError> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut pause = LOCK_RETRY.0;
+    loop {
+        match Manager::start(config.clone()).await {
+            Ok(manager) => return Ok(Holder::This(manager)),
+            Err(ManagerError::Store(StoreError::Locked { .. })) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(address) = read_address(state_dir).await {
+            // A file left by a process that was killed names a manager nobody serves.
+            if answers(&address).await {
+                return Ok(Holder::Other(address));
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(EmbeddedError::Busy { path: state_dir.to_path_buf(), wait: LOCK_WAIT });
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(LOCK_RETRY.1);
+    }
+}
+
+/// The address in `manager.addr`, if there is one.
+async fn read_address(state_dir: &Path) -> Option<String> {
+    let text = tokio::fs::read_to_string(state_dir.join(ADDRESS_FILE)).await.ok()?;
+    Some(text.trim().to_string()).filter(|a| !a.is_empty())
+}
+
+/// Writes `manager.addr` whole (a temporary file renamed), so a reader never sees half of it.
+async fn write_address(state_dir: &Path, address: &str) -> std::io::Result<()> {
+    let temporary = state_dir.join(format!("{ADDRESS_FILE}.{}", std::process::id()));
+    tokio::fs::write(&temporary, address).await?;
+    tokio::fs::rename(&temporary, state_dir.join(ADDRESS_FILE)).await
+}
+
+/// Whether something accepts connections at `address`.
+async fn answers(address: &str) -> bool {
+    matches!(tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(address)).await, Ok(Ok(_)))
 }
 
 /// A random value made once per state dir (`<prefix><2×bytes hex digits>`) and kept in `file`.

@@ -4,6 +4,7 @@ pub mod controlapi;
 pub mod dispatcher;
 pub mod embedded;
 pub mod graph;
+pub mod local_agent;
 pub mod manager;
 pub mod reconciler;
 pub mod scheduler;

@@ -115,6 +115,7 @@ impl Manager {
             only: Vec::new(),
             recreate: RecreatePolicy::Changed,
             at: now(),
+            request_id: String::new(),
         };
         self.cluster.propose(command).await.expect("deploy");
     }
@@ -477,10 +478,8 @@ async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_status_reports_share_one_store_write() {
-    let mut config = fast();
-    config.status_batch_window = Duration::from_millis(300);
-    let manager = Manager::start(config).await;
+async fn concurrent_status_reports_share_store_writes() {
+    let manager = Manager::start(fast()).await;
     let channel = tonic::transport::Endpoint::from_shared(manager.address.clone())
         .expect("address")
         .connect()
@@ -499,7 +498,9 @@ async fn concurrent_status_reports_share_one_store_write() {
     }
     let stats = manager.dispatcher.stats();
     assert_eq!(stats.status_updates, 40);
-    assert!(stats.status_proposals <= 3, "40 concurrent reports took {} store writes", stats.status_proposals);
+    // Group commit: the first report is written alone, at once; the others arrive while that
+    // write is in flight and share the next few.
+    assert!(stats.status_proposals <= 10, "40 concurrent reports took {} store writes", stats.status_proposals);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shoal_orchestrator::compose::loader::{load, LoadOptions, LoadedProject};
-use shoal_orchestrator::compose::LoadError;
+use shoal_orchestrator::compose::{render, LoadError};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,16 +42,23 @@ fn fixtures(kind: &str) -> Vec<PathBuf> {
     cases
 }
 
-fn run_case(dir: &Path) -> Result<LoadedProject, LoadError> {
+fn case_options(dir: &Path) -> CaseOptions {
     let options_file = dir.join("options.yaml");
-    let case: CaseOptions = if options_file.exists() {
+    if options_file.exists() {
         serde_yaml::from_str(&std::fs::read_to_string(&options_file).unwrap()).unwrap()
     } else {
         CaseOptions::default()
-    };
-    // A fixed, small environment: the test must not depend on the machine's variables.
-    let mut os_env: BTreeMap<String, String> =
-        [("HOME", "/home/tester")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    }
+}
+
+/// A fixed, small environment: the test must not depend on the machine's variables.
+fn test_env() -> BTreeMap<String, String> {
+    [("HOME", "/home/tester")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn run_case(dir: &Path) -> Result<LoadedProject, LoadError> {
+    let case = case_options(dir);
+    let mut os_env = test_env();
     os_env.extend(case.env);
     let options = LoadOptions {
         files: case.files,
@@ -81,7 +88,7 @@ fn loads_every_fixture_to_its_expected_normalized_form() {
                 continue;
             }
         };
-        let actual = serde_yaml::to_string(&loaded.project).unwrap();
+        let actual = render::to_yaml(&loaded.project).expect("the project renders");
         let expected_file = dir.join("expected.yaml");
         if std::env::var_os("SHOAL_BLESS").is_some() {
             std::fs::write(&expected_file, actual.replace(&*dir.to_string_lossy(), "$DIR")).unwrap();
@@ -99,6 +106,44 @@ fn loads_every_fixture_to_its_expected_normalized_form() {
             if actual != expected {
                 failures.push(format!("{name}: warnings differ\nexpected: {expected:#?}\nactual: {actual:#?}"));
             }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// `shoal config`'s output is a compose file for the same project: loaded again (with the
+/// case's profiles and environment, e.g. `COMPOSE_PROFILES`, and `HOME`, which an unescaped
+/// `$HOME` would pick up), it gives the project it was rendered from. This is what the YAML 1.1
+/// quoting and the `$$` escaping of `compose::render` are for.
+#[test]
+fn every_rendered_fixture_loads_back_to_the_same_project() {
+    let mut failures = Vec::new();
+    for dir in fixtures("load") {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        // Load failures are reported by the test above.
+        let Ok(loaded) = run_case(&dir) else { continue };
+        let text = render::to_yaml(&loaded.project).expect("the project renders");
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let file = tmp.path().join("compose.yaml");
+        std::fs::write(&file, &text).expect("writing the rendered file");
+        let case = case_options(&dir);
+        let mut os_env = test_env();
+        os_env.extend(case.env);
+        let options = LoadOptions {
+            files: vec![file],
+            profiles: case.profiles,
+            working_dir: tmp.path().to_path_buf(),
+            os_env,
+            ..LoadOptions::default()
+        };
+        match load(&options) {
+            Ok(again) if again.project == loaded.project => {}
+            Ok(again) => {
+                let again = render::to_yaml(&again.project).expect("the project renders");
+                failures
+                    .push(format!("{name}: loads back differently\n--- rendered\n{text}\n--- loaded back\n{again}"));
+            }
+            Err(e) => failures.push(format!("{name}: the rendered file does not load: {e}\n{text}")),
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

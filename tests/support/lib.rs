@@ -1,7 +1,10 @@
 //! Support for tests that run the real `shoal` binary: where it is, how to run it in a clean
 //! environment, and scratch project directories that remove themselves. [`stack`]: end-to-end
-//! projects on the real Docker engine.
+//! projects on the real Docker engine. [`netcluster`]: managers in containers on a private
+//! network, for partition tests. [`managers`]: managers as processes on loopback.
 
+pub mod managers;
+pub mod netcluster;
 pub mod stack;
 
 use std::path::{Path, PathBuf};

@@ -38,6 +38,15 @@ pub enum EngineError {
     #[error("invalid container spec: {0}")]
     InvalidSpec(String),
 
+    /// The engine could not bind a published port on the host. `port` is `8080` or `8080/udp`,
+    /// when the engine's message says which.
+    #[error(
+        "{} is already in use (another container or process holds it); choose another published \
+         port or stop the holder",
+        port.as_deref().map_or_else(|| "a published host port".to_string(), |p| format!("host port {p}"))
+    )]
+    PortInUse { port: Option<String> },
+
     /// Any other refusal by the engine; `context` says what we were doing.
     #[error("{context}: {message}")]
     Api { context: String, status: Option<u16>, message: String },

@@ -63,6 +63,9 @@ struct State {
     /// `None`: every image is present. `Some`: only these are, the rest must be built/pulled.
     images: Option<HashSet<String>>,
     pullable: HashSet<String>,
+    /// Networks whose removal the engine refuses, with its message (say, another container
+    /// still uses them).
+    refused_network_removals: HashMap<String, String>,
     /// Wall-clock stand-in for event timestamps; increases by one per event.
     clock: i64,
     info: EngineInfo,
@@ -118,6 +121,16 @@ impl MockEngine {
     /// `image` can be pulled from the (pretend) registry.
     pub fn pullable(&self, image: &str) -> &Self {
         self.lock().pullable.insert(image.to_string());
+        self
+    }
+
+    /// `remove_network(name)` fails with this engine message (until called again with `None`).
+    pub fn refuse_network_removal(&self, name: &str, message: Option<&str>) -> &Self {
+        let mut st = self.lock();
+        match message {
+            Some(m) => st.refused_network_removals.insert(name.to_string(), m.to_string()),
+            None => st.refused_network_removals.remove(name),
+        };
         self
     }
 
@@ -250,7 +263,11 @@ impl Engine for MockEngine {
     }
 
     async fn remove_network(&self, name: &str) -> EngineResult<()> {
-        self.lock().networks.remove(name);
+        let mut st = self.lock();
+        if let Some(message) = st.refused_network_removals.get(name) {
+            return Err(EngineError::api(format!("removing network {name}"), message.clone()));
+        }
+        st.networks.remove(name);
         Ok(())
     }
 

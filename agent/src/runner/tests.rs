@@ -163,12 +163,36 @@ async fn adopts_existing_containers_instead_of_recreating() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn adoption_starts_a_container_that_was_created_but_never_started() {
+async fn adoption_leaves_a_never_started_container_until_its_task_should_run() {
+    let engine = MockEngine::new();
+    let id = engine.create(&spec("idle", "t1")).await.unwrap();
+    let (r, mut rx) = runner(&engine).await;
+    r.adopt().await.unwrap();
+    assert_eq!(until(&mut rx, "t1", |_| true).await, vec![TaskState::Created]);
+    // Whatever runs meanwhile (the paused clock jumps ahead once every task is idle), adoption
+    // alone does not start it: its dependencies may not be ready.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(engine.inspect(&id).await.unwrap().status, ContainerStatus::Created);
+
+    r.start_adopted("t1").await;
+    assert_eq!(until(&mut rx, "t1", |s| *s == TaskState::Running).await, vec![TaskState::Starting, TaskState::Running]);
+    // Only once: a running container is left alone.
+    r.start_adopted("t1").await;
+    assert_eq!(engine.inspect(&id).await.unwrap().status, ContainerStatus::Running);
+    assert!(rx.try_recv().is_err(), "a second start_adopted reported something");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_never_started_container_can_be_removed_without_starting() {
     let engine = MockEngine::new();
     engine.create(&spec("idle", "t1")).await.unwrap();
     let (r, mut rx) = runner(&engine).await;
     r.adopt().await.unwrap();
-    assert_eq!(until(&mut rx, "t1", |s| *s == TaskState::Running).await, vec![TaskState::Starting, TaskState::Running]);
+    assert_eq!(until(&mut rx, "t1", |_| true).await, vec![TaskState::Created]);
+    r.remove("t1", false).await.unwrap();
+    assert_eq!(engine.container_count(), 0);
+    r.start_adopted("t1").await;
+    assert!(r.tasks().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
@@ -209,4 +233,15 @@ async fn run_takes_over_an_existing_container_of_the_same_task() {
 fn messages_are_human_readable() {
     assert_eq!(describe(&TaskState::Exited { code: 3 }), "exited with code 3");
     assert_eq!(describe(&TaskState::Exited { code: 137 }), "exited with code 137 (killed by signal 9)");
+}
+
+#[test]
+fn a_taken_port_is_its_own_reason() {
+    let port = EngineError::PortInUse { port: Some("8080".into()) };
+    assert_eq!(start_failure(&port), port.to_string());
+    let other = EngineError::api("starting container c1", "OCI runtime create failed");
+    assert_eq!(
+        start_failure(&other),
+        "starting the container failed: starting container c1: OCI runtime create failed"
+    );
 }

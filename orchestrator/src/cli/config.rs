@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 
 use super::ProjectArgs;
 use crate::compose::loader::{self, LoadedProject};
+use crate::compose::render;
 use crate::compose::support::unsupported_attributes;
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -74,8 +75,9 @@ fn render(loaded: &LoadedProject, args: &ConfigArgs) -> anyhow::Result<String> {
     if args.unsupported {
         return Ok(lines(unsupported_attributes(project).iter().map(ToString::to_string).collect()));
     }
+    // Output that loads back to the same project (quoting, `$$`): see `compose::render`.
     Ok(match args.format {
-        Format::Yaml => serde_yaml::to_string(project)?,
-        Format::Json => serde_json::to_string_pretty(project)? + "\n",
+        Format::Yaml => render::to_yaml(project)?,
+        Format::Json => render::to_json(project)?,
     })
 }

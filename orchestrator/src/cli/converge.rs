@@ -83,10 +83,10 @@ fn task_verdict(task: &pb::Task, goal: Goal, has_healthcheck: bool) -> Verdict {
     match state {
         pb::TaskState::Complete if task.exit_code.unwrap_or(0) == 0 => Verdict::Converged,
         pb::TaskState::Complete | pb::TaskState::Failed => {
-            let reason = if task.message.is_empty() {
-                format!("exited with code {}", task.exit_code.unwrap_or(-1))
-            } else {
-                task.message.clone()
+            let reason = match (task.message.is_empty(), task.exit_code) {
+                (false, _) => task.message.clone(),
+                (true, Some(code)) => format!("exited with code {code}"),
+                (true, None) => "failed before its container ran".into(),
             };
             fail(reason)
         }
@@ -150,13 +150,25 @@ pub fn print_reasons(reasons: &[(String, String)]) {
     }
 }
 
+/// The task's state in one word, as `ps` shows it: `exited (N)` only for a container that ran
+/// and exited. A failure without an exit code never ran: `rejected` when no container was
+/// created (image missing, invalid spec), `failed` when its container could not start (a taken
+/// port) or ended without one (OOM kill, removed behind Shoal's back). The reason is the
+/// task's message.
+pub fn state_word(task: &pb::Task) -> String {
+    let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
+    match (state, task.exit_code) {
+        (pb::TaskState::Complete | pb::TaskState::Failed, Some(code)) => format!("exited ({code})"),
+        (pb::TaskState::Complete, None) => "exited (0)".into(),
+        (pb::TaskState::Failed, None) if task.container_id.is_empty() => "rejected".into(),
+        (other, _) => other.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase(),
+    }
+}
+
 /// `running (healthy)`, `pending: waiting for db to be healthy`, `exited (0)`.
 pub fn describe(task: &pb::Task) -> String {
     let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
-    let mut text = match state {
-        pb::TaskState::Complete | pb::TaskState::Failed => format!("exited ({})", task.exit_code.unwrap_or(-1)),
-        other => other.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase(),
-    };
+    let mut text = state_word(task);
     match pb::Health::try_from(task.health).unwrap_or(pb::Health::Unspecified) {
         pb::Health::Unspecified => {}
         h => text.push_str(&format!(" ({})", h.as_str_name().trim_start_matches("HEALTH_").to_lowercase())),
@@ -296,5 +308,28 @@ mod tests {
         assert_eq!(describe(&t), "pending: waiting for db to be healthy");
         let (_, t) = task(1, "web", pb::TaskState::Running, pb::Health::Healthy, None, "");
         assert_eq!(describe(&t), "running (healthy)");
+    }
+
+    #[test]
+    fn only_a_container_that_ran_shows_an_exit_code() {
+        let (_, ran) = task(1, "job", pb::TaskState::Failed, pb::Health::Unspecified, Some(3), "exited with code 3");
+        assert_eq!((state_word(&ran), describe(&ran)), ("exited (3)".into(), "exited (3): with code 3".into()));
+        let (_, done) = task(1, "job", pb::TaskState::Complete, pb::Health::Unspecified, Some(0), "exited with code 0");
+        assert_eq!(state_word(&done), "exited (0)");
+
+        // Never created: no container, no exit code.
+        let no_image = "image shoal-test/nope not found locally and could not be pulled: not found";
+        let (_, never) = task(1, "web", pb::TaskState::Failed, pb::Health::Unspecified, None, no_image);
+        assert_eq!(state_word(&never), "rejected");
+        assert_eq!(describe(&never), format!("rejected: {no_image}"));
+        // Created, but it could not start.
+        let port = "starting the container failed: host port 8080 is already in use (...)";
+        let (_, mut unstarted) = task(1, "web", pb::TaskState::Failed, pb::Health::Unspecified, None, port);
+        unstarted.container_id = "c0ffee".into();
+        assert_eq!((state_word(&unstarted), describe(&unstarted)), ("failed".into(), format!("failed: {port}")));
+
+        let (_, silent) = task(1, "web", pb::TaskState::Failed, pb::Health::Unspecified, None, "");
+        let Verdict::Failed(reasons) = task_verdict(&silent, Goal::Started, false) else { panic!() };
+        assert_eq!(reasons[0].1, "p-web-1: failed before its container ran");
     }
 }

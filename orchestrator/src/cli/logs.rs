@@ -8,7 +8,7 @@ use clap::Args;
 use futures_util::{Stream, StreamExt};
 use shoal_proto::v1 as pb;
 
-use super::connect::{connect, Target};
+use super::connect::{connect, Connection, Target};
 use super::{project_name, ProjectArgs};
 
 #[derive(Debug, Args)]
@@ -28,31 +28,68 @@ pub struct LogsArgs {
 
 pub async fn run(project_args: &ProjectArgs, target: &Target, args: &LogsArgs) -> anyhow::Result<i32> {
     let Some(stack) = project_name(project_args)? else { return Ok(1) };
-    let connection = connect(target).await?;
-    let mut control = connection.control.clone();
-    let stream = control
-        .logs(pb::LogsRequest {
-            stack,
-            services: args.services.clone(),
-            follow: args.follow,
-            tail: args.tail,
-            timestamps: args.timestamps,
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    let result = print(stream, args.timestamps).await;
+    let mut connection = connect(target).await?;
+    let request = pb::LogsRequest {
+        stack,
+        services: args.services.clone(),
+        follow: args.follow,
+        tail: args.tail,
+        timestamps: args.timestamps,
+    };
+    let result = follow(&mut connection, request).await;
     connection.close().await;
     result.map(|()| 0)
 }
 
+/// Prints what `request` asks for until the output ends. Output also ends when the manager
+/// serving it goes away (see [`Connection::recover`]); then the next one is asked for the rest:
+/// all of it if nothing was printed yet, else — when following — only new lines (those written
+/// during the switch are missed, rather than everything printed twice).
+pub async fn follow(connection: &mut Connection, mut request: pb::LogsRequest) -> anyhow::Result<()> {
+    loop {
+        let stream = connection
+            .with_failover(|mut c| {
+                let request = request.clone();
+                async move { c.logs(request).await }
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        let printed = print(stream, request.timestamps).await?;
+        if !connection.recover().await? {
+            if let Some(status) = printed.last_error {
+                eprintln!("warning: {}", status.message());
+            }
+            return Ok(());
+        }
+        // The last error was the manager going away: nothing to warn about.
+        if printed.lines > 0 {
+            anyhow::ensure!(
+                request.follow,
+                "the manager serving the logs went away; the output above may be incomplete"
+            );
+            request.tail = Some(0);
+        }
+    }
+}
+
 const COLOURS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
+
+/// What [`print`] printed.
+pub struct Printed {
+    pub lines: usize,
+    /// The stream's last error, not printed: the caller tells whether it matters (a stream that
+    /// fails and ends may just mean its manager went away). Earlier errors are printed as
+    /// warnings (a node whose logs cannot be read).
+    pub last_error: Option<tonic::Status>,
+}
 
 /// Prints chunks line by line with a per-container prefix until the stream ends.
 pub async fn print(
     mut stream: impl Stream<Item = Result<pb::LogChunk, tonic::Status>> + Unpin,
     timestamps: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Printed> {
+    let mut printed = Printed { lines: 0, last_error: None };
     let colour = std::io::stdout().is_terminal();
     let mut colours: BTreeMap<String, &str> = BTreeMap::new();
     // Output arrives in chunks that may split lines; keep each container's partial line.
@@ -61,10 +98,15 @@ pub async fn print(
         let chunk = match chunk {
             Ok(chunk) => chunk,
             Err(status) => {
-                eprintln!("warning: {}", status.message());
+                if let Some(earlier) = printed.last_error.replace(status) {
+                    eprintln!("warning: {}", earlier.message());
+                }
                 continue;
             }
         };
+        if let Some(earlier) = printed.last_error.take() {
+            eprintln!("warning: {}", earlier.message());
+        }
         let next = COLOURS[colours.len() % COLOURS.len()];
         let code = *colours.entry(chunk.container_name.clone()).or_insert(next);
         let buffer = partial.entry((chunk.container_name.clone(), chunk.stderr)).or_default();
@@ -80,7 +122,8 @@ pub async fn print(
             let stamp =
                 if timestamps && !chunk.timestamp.is_empty() { format!(" {}", chunk.timestamp) } else { String::new() };
             write!(out, "{prefix}{stamp} {line}")?;
+            printed.lines += 1;
         }
     }
-    Ok(())
+    Ok(printed)
 }

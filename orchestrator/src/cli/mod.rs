@@ -6,16 +6,21 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::compose::loader::{self, LoadOptions, LoadedProject};
 
+pub mod agent;
+pub mod cluster;
 pub mod config;
 pub mod connect;
 pub mod converge;
 pub mod down;
 pub mod logs;
 pub mod ls;
+pub mod node;
 pub mod progress;
 pub mod ps;
 pub mod scale;
+pub mod server;
 pub mod up;
+pub mod watch;
 
 #[derive(Debug, Parser)]
 #[command(name = "shoal", version, about = "Compose files on one host or many: a multi-container orchestrator")]
@@ -29,6 +34,10 @@ pub struct Cli {
     /// State directory of the embedded cluster (default: ~/.local/share/shoal)
     #[arg(long = "state-dir", env = "SHOAL_STATE_DIR", global = true, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Answer reads from the contacted manager's copy of the state, which may lag the leader,
+    /// instead of a linearizable read (works without a quorum)
+    #[arg(long, global = true)]
+    pub stale: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,6 +91,14 @@ pub enum Command {
     Scale(scale::ScaleArgs),
     /// List the running projects
     Ls(ls::LsArgs),
+    /// Run a manager of a cluster (bootstrap, join, restore or recover one)
+    Server(server::ServerArgs),
+    /// Run this machine as a node of a cluster
+    Agent(agent::AgentArgs),
+    /// The control plane: status, join tokens, backups
+    Cluster(cluster::ClusterArgs),
+    /// The cluster's nodes, and manager membership
+    Node(node::NodeArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -89,11 +106,22 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Command::Config(args) = &cli.command {
         return config::run(&cli.project, args);
     }
-    let target = connect::Target::new(cli.host.as_deref(), cli.state_dir.clone());
+    let mut target = connect::Target::new(cli.host.as_deref(), cli.state_dir.clone());
+    target.stale = cli.stale;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match &cli.command {
             Command::Config(_) => Ok(0),
+            Command::Server(args) => {
+                let state_dir = cli.state_dir.clone().unwrap_or_else(|| sibling_state_dir("shoal-server"));
+                server::run(&state_dir, args).await
+            }
+            Command::Agent(args) => {
+                let state_dir = cli.state_dir.clone().unwrap_or_else(|| sibling_state_dir("shoal-agent"));
+                agent::run(&state_dir, args).await
+            }
+            Command::Cluster(args) => cluster::run(&target, args).await,
+            Command::Node(args) => node::run(&target, args).await,
             Command::Up(args) => up::run(&cli.project, &target, args).await,
             Command::Down(args) => down::run(&cli.project, &target, args).await,
             Command::Ps(args) => ps::run(&cli.project, &target, args).await,
@@ -102,6 +130,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Ls(args) => ls::run(&target, args).await,
         }
     })
+}
+
+/// `shoal server`'s and `shoal agent`'s default state dirs: beside the embedded cluster's, never
+/// the same one.
+fn sibling_state_dir(name: &str) -> PathBuf {
+    connect::default_state_dir().with_file_name(name)
 }
 
 /// Loads the project, printing warnings, or the error (then `None`: exit 1, nothing changed).

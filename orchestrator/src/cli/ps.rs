@@ -6,7 +6,7 @@ use comfy_table::{presets, Table};
 use shoal_proto::v1 as pb;
 
 use super::connect::{connect, Target};
-use super::converge::describe;
+use super::converge::{describe, state_word};
 use super::{project_name, ProjectArgs};
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -29,10 +29,13 @@ pub struct PsArgs {
 
 pub async fn run(project_args: &ProjectArgs, target: &Target, args: &PsArgs) -> anyhow::Result<i32> {
     let Some(stack) = project_name(project_args)? else { return Ok(1) };
-    let connection = connect(target).await?;
-    let mut control = connection.control.clone();
-    let response = control
-        .list_tasks(pb::ListTasksRequest { stack, services: args.services.clone(), all: args.all })
+    let request = pb::ListTasksRequest { stack, services: args.services.clone(), all: args.all, stale: target.stale };
+    let mut connection = connect(target).await?;
+    let response = connection
+        .with_failover(|mut c| {
+            let request = request.clone();
+            async move { c.list_tasks(request).await }
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let mut tasks = response.into_inner().tasks;
@@ -43,14 +46,6 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &PsArgs) -> 
     }
     connection.close().await;
     Ok(0)
-}
-
-fn state_word(task: &pb::Task) -> String {
-    let state = pb::TaskState::try_from(task.state).unwrap_or(pb::TaskState::Unspecified);
-    match state {
-        pb::TaskState::Complete | pb::TaskState::Failed => format!("exited ({})", task.exit_code.unwrap_or(-1)),
-        other => other.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase(),
-    }
 }
 
 fn health_word(task: &pb::Task) -> String {

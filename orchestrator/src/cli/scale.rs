@@ -5,9 +5,10 @@ use std::collections::BTreeSet;
 use clap::Args;
 use shoal_proto::v1 as pb;
 
-use super::connect::{connect, Target};
+use super::connect::{connect, Connection, Target};
 use super::converge::{print_reasons, Goal, Verdict};
 use super::{load_project, ProjectArgs};
+use crate::compose::model::Project;
 
 #[derive(Debug, Args)]
 pub struct ScaleArgs {
@@ -37,17 +38,32 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &ScaleArgs) 
         }
     }
     let Some(loaded) = load_project(project_args)? else { return Ok(1) };
-    let mut project = loaded.project;
-    let connection = connect(target).await?;
-    let mut control = connection.control.clone();
-    for (service, replicas) in &wanted {
+    let mut connection = connect(target).await?;
+    let result = scale(&mut connection, loaded.project, &wanted, args.detach).await;
+    connection.close().await;
+    result
+}
+
+/// Sets the replica counts (a count set twice is the same count: safe to repeat), then waits.
+async fn scale(
+    connection: &mut Connection,
+    mut project: Project,
+    wanted: &[(String, u64)],
+    detach: bool,
+) -> anyhow::Result<i32> {
+    for (service, replicas) in wanted {
         let request = pb::ScaleServiceRequest {
             service: Some(pb::ServiceRef { stack: project.name.clone(), service: service.clone() }),
             replicas: *replicas,
         };
-        if let Err(status) = control.scale_service(request).await {
+        let scaled = connection
+            .with_failover(|mut c| {
+                let request = request.clone();
+                async move { c.scale_service(request).await }
+            })
+            .await;
+        if let Err(status) = scaled {
             eprintln!("error: {}", status.message());
-            connection.close().await;
             return Ok(1);
         }
         // Judge convergence against the new counts.
@@ -58,24 +74,23 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &ScaleArgs) 
             }
         }
     }
-    let mut code = 0;
-    if !args.detach {
-        let selected: BTreeSet<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
-        let none = BTreeSet::new();
-        match super::up::wait_for(&mut control, &project, &selected, &none, Goal::Started, None).await? {
-            Verdict::Failed(reasons) => {
-                print_reasons(&reasons);
-                code = 1;
-            }
-            // Scaled down: the surplus containers go before this process (and with it the
-            // embedded agent that removes them) exits.
-            _ => {
-                super::up::settle(&mut control, &project, &selected, None).await?;
-            }
+    if detach {
+        return Ok(0);
+    }
+    let selected: BTreeSet<String> = wanted.iter().map(|(s, _)| s.clone()).collect();
+    let none = BTreeSet::new();
+    match super::up::wait_for(connection, &project, &selected, &none, Goal::Started, None).await? {
+        Verdict::Failed(reasons) => {
+            print_reasons(&reasons);
+            Ok(1)
+        }
+        // Scaled down: the surplus containers go before this process (and with it the
+        // embedded agent that removes them) exits.
+        _ => {
+            super::up::settle(connection, &project, &selected, None).await?;
+            Ok(0)
         }
     }
-    connection.close().await;
-    Ok(code)
 }
 
 #[cfg(test)]

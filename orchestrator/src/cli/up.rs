@@ -4,14 +4,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::Args;
-use futures_util::StreamExt;
 use shoal_proto::v1 as pb;
 
-use super::connect::{connect, Target};
+use super::connect::{connect, Connection, Target};
 use super::converge::{evaluate, print_reasons, still_waiting, Goal, Verdict};
 use super::progress::Progress;
+use super::watch::{Seen, TaskWatch};
 use super::{load_project, ProjectArgs};
 use crate::compose::support::unsupported_attributes;
 use crate::graph::ServiceGraph;
@@ -58,24 +57,33 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
         ServiceGraph::build(project)?.subgraph_with_dependencies(&args.services)
     };
 
-    let connection = connect(target).await?;
-    let mut control = connection.control.clone();
+    let mut connection = connect(target).await?;
     // The tasks before this deployment: those of services it recreates must not count as
     // converged while the manager has yet to replace them.
-    let before = control
-        .list_tasks(pb::ListTasksRequest { stack: project.name.clone(), services: vec![], all: true })
+    let list = pb::ListTasksRequest { stack: project.name.clone(), services: vec![], all: true, stale: false };
+    let before = connection
+        .with_failover(|mut c| {
+            let list = list.clone();
+            async move { c.list_tasks(list).await }
+        })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner()
         .tasks;
-    let response = control
-        .deploy_stack(pb::DeployStackRequest {
-            stack: project.name.clone(),
-            project_json: serde_json::to_vec(project)?,
-            services: args.services.clone(),
-            remove_orphans: args.remove_orphans,
-            force_recreate: args.force_recreate,
-            no_recreate: args.no_recreate,
+    // One request id for every attempt: a deploy retried on another manager is applied once.
+    let deploy = pb::DeployStackRequest {
+        stack: project.name.clone(),
+        project_json: serde_json::to_vec(project)?,
+        services: args.services.clone(),
+        remove_orphans: args.remove_orphans,
+        force_recreate: args.force_recreate,
+        no_recreate: args.no_recreate,
+        request_id: super::connect::request_id(),
+    };
+    let response = connection
+        .with_failover(|mut c| {
+            let deploy = deploy.clone();
+            async move { c.deploy_stack(deploy).await }
         })
         .await
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
@@ -97,12 +105,12 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
         .map(|t| t.id)
         .collect();
     let started = tokio::time::Instant::now();
-    let mut outcome = wait_for(&mut control, project, &selected, &outdated, goal, timeout).await?;
+    let mut outcome = wait_for(&mut connection, project, &selected, &outdated, goal, timeout).await?;
     if outcome == Verdict::Converged {
         // Replaced and surplus containers go before this process (and with it an embedded
         // agent) exits.
         let left = timeout.map(|t| t.saturating_sub(started.elapsed()));
-        if !settle(&mut control, project, &selected, left).await? {
+        if !settle(&mut connection, project, &selected, left).await? {
             let after = timeout.map_or(0, |t| t.as_secs());
             let reason = format!("gave up after {after}s waiting for replaced containers to be removed");
             outcome = Verdict::Failed(vec![(String::new(), reason)]);
@@ -120,7 +128,7 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
         connection.close().await;
         return Ok(code);
     }
-    let code = attach(&mut control, &project.name).await?;
+    let code = attach(&mut connection, &project.name).await?;
     connection.close().await;
     Ok(code)
 }
@@ -128,25 +136,32 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
 /// Watches the stack's tasks until `goal` is reached, fails, or `timeout` passes. Tasks in
 /// `outdated` (about to be replaced) are not judged.
 pub async fn wait_for(
-    control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+    connection: &mut Connection,
     project: &crate::compose::model::Project,
     selected: &BTreeSet<String>,
     outdated: &BTreeSet<u64>,
     goal: Goal,
     timeout: Option<Duration>,
 ) -> anyhow::Result<Verdict> {
-    let mut events = control.watch(pb::WatchRequest { stack: project.name.clone() }).await?.into_inner();
+    let mut watch = TaskWatch::open(connection, &project.name).await?;
     let mut tasks: BTreeMap<u64, pb::Task> = BTreeMap::new();
     let mut progress = Progress::new();
     let mut ready = false;
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
-        let Some(event) = next_event(&mut events, deadline).await? else {
-            progress.finish();
-            let mut reasons = still_waiting(project, selected, &tasks, goal);
-            let after = timeout.map_or(0, |t| t.as_secs());
-            reasons.insert(0, (String::new(), format!("gave up after {after}s; still waiting for:")));
-            return Ok(Verdict::Failed(reasons));
+        let event = match watch.next(connection, deadline).await? {
+            Seen::Event(event) => *event,
+            Seen::Reopened => {
+                (tasks, ready) = (BTreeMap::new(), false);
+                continue;
+            }
+            Seen::TimedOut => {
+                progress.finish();
+                let mut reasons = still_waiting(project, selected, &tasks, goal);
+                let after = timeout.map_or(0, |t| t.as_secs());
+                reasons.insert(0, (String::new(), format!("gave up after {after}s; still waiting for:")));
+                return Ok(Verdict::Failed(reasons));
+            }
         };
         if let Some(task) = event.task {
             let selected_task = task.service.as_ref().is_some_and(|s| selected.contains(&s.service));
@@ -177,7 +192,7 @@ pub async fn wait_for(
 /// and no more tasks meant to run than their replicas (global services: any number); false if
 /// `timeout` passes first.
 pub async fn settle(
-    control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
+    connection: &mut Connection,
     project: &crate::compose::model::Project,
     selected: &BTreeSet<String>,
     timeout: Option<Duration>,
@@ -190,7 +205,7 @@ pub async fn settle(
             (name, (!global).then(|| spec.replicas()))
         })
         .collect();
-    let mut events = control.watch(pb::WatchRequest { stack: project.name.clone() }).await?.into_inner();
+    let mut watch = TaskWatch::open(connection, &project.name).await?;
     let mut progress = Progress::new();
     let mut tasks: BTreeMap<u64, pb::Task> = BTreeMap::new();
     let mut ready = false;
@@ -205,9 +220,16 @@ pub async fn settle(
     };
     let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     loop {
-        let Some(event) = next_event(&mut events, deadline).await? else {
-            progress.finish();
-            return Ok(false);
+        let event = match watch.next(connection, deadline).await? {
+            Seen::Event(event) => *event,
+            Seen::Reopened => {
+                (tasks, ready) = (BTreeMap::new(), false);
+                continue;
+            }
+            Seen::TimedOut => {
+                progress.finish();
+                return Ok(false);
+            }
         };
         if let Some(task) = event.task {
             if task.state == pb::TaskState::Removed as i32 {
@@ -229,47 +251,20 @@ pub async fn settle(
     }
 }
 
-/// The next watch event, or `None` once `deadline` has passed; an error when the stream ends
-/// or fails.
-async fn next_event(
-    events: &mut tonic::Streaming<pb::WatchEvent>,
-    deadline: Option<tokio::time::Instant>,
-) -> anyhow::Result<Option<pb::WatchEvent>> {
-    let next = match deadline {
-        Some(deadline) => match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(next) => next,
-            Err(_) => return Ok(None),
-        },
-        None => events.next().await,
-    };
-    let Some(event) = next else { anyhow::bail!("the manager closed the progress stream") };
-    Ok(Some(event.context("progress stream")?))
-}
-
-/// Follows the logs until Ctrl-C, then removes the stack's containers (keeping volumes).
-async fn attach(
-    control: &mut pb::control_client::ControlClient<tonic::transport::Channel>,
-    stack: &str,
-) -> anyhow::Result<i32> {
-    let logs = control
-        .logs(pb::LogsRequest {
-            stack: stack.to_string(),
-            services: vec![],
-            follow: true,
-            tail: None,
-            timestamps: false,
-        })
-        .await?
-        .into_inner();
-    let printer = super::logs::print(logs, false);
+/// Follows the logs until Ctrl-C (or until they end), then removes the stack's containers
+/// (keeping volumes).
+async fn attach(connection: &mut Connection, stack: &str) -> anyhow::Result<i32> {
+    let request =
+        pb::LogsRequest { stack: stack.to_string(), services: vec![], follow: true, tail: None, timestamps: false };
     tokio::select! {
-        result = printer => { result?; }
+        result = super::logs::follow(connection, request) => { result?; }
         _ = tokio::signal::ctrl_c() => {}
     }
     eprintln!("Gracefully stopping... (press Ctrl+C again to force)");
-    let stop = super::down::remove_and_wait(control, stack, false, None);
-    tokio::select! {
-        result = stop => result.map(|()| 0),
-        _ = tokio::signal::ctrl_c() => Ok(130),
-    }
+    let stop = super::down::remove_and_wait(connection, stack, false, None);
+    let cleanup_errors = tokio::select! {
+        result = stop => result?,
+        _ = tokio::signal::ctrl_c() => return Ok(130),
+    };
+    Ok(super::down::report(&cleanup_errors))
 }

@@ -18,6 +18,7 @@ pub mod loader;
 pub mod merge;
 pub mod model;
 pub mod paths;
+pub mod render;
 pub mod support;
 pub mod units;
 pub mod validate;

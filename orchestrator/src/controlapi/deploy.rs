@@ -94,6 +94,7 @@ pub async fn deploy(cluster: &Cluster, request: pb::DeployStackRequest) -> Resul
         only,
         recreate,
         at: now(),
+        request_id: request.request_id.clone(),
     };
     cluster.propose(command).await.map_err(status_of)?;
     let recreated = if request.no_recreate { Vec::new() } else { recreated };

@@ -2,6 +2,7 @@
 //! into store commands (writes) or answered from the state (reads). Logs are fetched from the
 //! agents that run the containers.
 
+mod cluster;
 mod deploy;
 mod logs;
 mod watch;
@@ -41,6 +42,7 @@ pub fn status_of(error: ClusterError) -> Status {
         ClusterError::Rejected(message) => Status::failed_precondition(message),
         ClusterError::Propose(e) => Status::unavailable(e.to_string()),
         ClusterError::Corrupt(e) => Status::internal(e),
+        e @ (ClusterError::NoQuorum { .. } | ClusterError::Forward(_)) => Status::unavailable(e.to_string()),
     }
 }
 
@@ -104,10 +106,14 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ScaleServiceResponse {}))
     }
 
-    async fn list_stacks(&self, _: Request<pb::ListStacksRequest>) -> Result<Response<pb::ListStacksResponse>, Status> {
+    async fn list_stacks(
+        &self,
+        request: Request<pb::ListStacksRequest>,
+    ) -> Result<Response<pb::ListStacksResponse>, Status> {
+        let stale = request.into_inner().stale;
         let stacks = self
             .cluster
-            .read_linearizable(|state| {
+            .read_consistent(stale, |state| {
                 state
                     .stacks
                     .values()
@@ -124,6 +130,7 @@ impl pb::control_server::Control for ControlService {
                             tasks: tasks.len() as u32,
                             status,
                             config_files: Vec::new(),
+                            revision: stack.revision,
                         }
                     })
                     .collect()
@@ -137,10 +144,10 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        let stack = request.into_inner().stack;
+        let pb::ListServicesRequest { stack, stale } = request.into_inner();
         let services = self
             .cluster
-            .read_linearizable(|state| {
+            .read_consistent(stale, |state| {
                 state
                     .services
                     .values()
@@ -178,7 +185,7 @@ impl pb::control_server::Control for ControlService {
         let request = request.into_inner();
         let tasks = self
             .cluster
-            .read_linearizable(|state| {
+            .read_consistent(request.stale, |state| {
                 state
                     .tasks
                     .values()
@@ -193,9 +200,16 @@ impl pb::control_server::Control for ControlService {
         Ok(Response::new(pb::ListTasksResponse { tasks }))
     }
 
-    async fn list_nodes(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let nodes =
-            self.cluster.read_linearizable(|s| s.nodes.values().map(wire::node).collect()).await.map_err(status_of)?;
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let stale = request.into_inner().stale;
+        let nodes = self
+            .cluster
+            .read_consistent(stale, |s| s.nodes.values().map(wire::node).collect())
+            .await
+            .map_err(status_of)?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
@@ -203,30 +217,26 @@ impl pb::control_server::Control for ControlService {
         &self,
         request: Request<pb::ClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatusResponse>, Status> {
-        let counts = |s: &ClusterState| (s.nodes.len() as u32, s.services.len() as u32, s.tasks.len() as u32);
-        let (nodes, services, tasks) = if request.into_inner().stale {
-            self.cluster.read(counts)
-        } else {
-            self.cluster.read_linearizable(counts).await.map_err(status_of)?
-        };
-        let raft = self.cluster.raft().status();
-        let managers = vec![pb::ManagerStatus {
-            id: raft.id,
-            address: String::new(),
-            role: format!("{:?}", raft.role).to_lowercase(),
-            reachable: true,
-            last_contact_ms: 0,
-        }];
-        Ok(Response::new(pb::ClusterStatusResponse {
-            leader: raft.leader.unwrap_or(0),
-            term: raft.term,
-            commit_index: raft.commit_index,
-            applied_index: raft.applied_index,
-            managers,
-            nodes,
-            services,
-            tasks,
-        }))
+        cluster::status(&self.cluster, request.into_inner().stale).await.map(Response::new)
+    }
+
+    async fn join_token(
+        &self,
+        request: Request<pb::JoinTokenRequest>,
+    ) -> Result<Response<pb::JoinTokenResponse>, Status> {
+        cluster::join_token(&self.cluster, &request.into_inner().role).await.map(Response::new)
+    }
+
+    async fn backup(&self, _: Request<pb::BackupRequest>) -> Result<Response<pb::BackupResponse>, Status> {
+        cluster::backup(&self.cluster).await.map(Response::new)
+    }
+
+    async fn update_manager(
+        &self,
+        request: Request<pb::UpdateManagerRequest>,
+    ) -> Result<Response<pb::UpdateManagerResponse>, Status> {
+        let message = cluster::update_manager(&self.cluster, request.into_inner()).await?;
+        Ok(Response::new(pb::UpdateManagerResponse { message }))
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;

@@ -4,7 +4,7 @@
 //! ```text
 //!            ┌ view builder: cluster change → per-node assignments (specs cached per task)
 //!  Cluster ──┤ monitor (leader): Ready nodes silent for `down_after` → Down
-//!            └ batcher: status reports of all agents → one ReportStatus per window
+//!            └ batcher: status reports of all agents → ReportStatus (group commit)
 //!  Session(node) ── first message: the node's complete set; then diffs of its view, seq + 1
 //! ```
 //!
@@ -28,6 +28,7 @@ use tonic::{Request, Response, Status};
 
 use super::taskspec::{task_spec_with, RestartOwner, TaskSpec, TaskSpecOptions};
 use crate::manager::cluster::now;
+use crate::manager::tokens::admits_agent;
 use crate::manager::{Cluster, ClusterError};
 use crate::store::command::{Command, StatusUpdate};
 use crate::store::raft::ProposeError;
@@ -47,7 +48,8 @@ pub const LEADER_METADATA: &str = "shoal-leader";
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
-    /// Agents must present this to register.
+    /// Agents may present this to register (besides the cluster's tokens, if it has any; empty:
+    /// only those).
     pub join_token: String,
     /// How often agents heartbeat.
     pub heartbeat_period: Duration,
@@ -56,8 +58,9 @@ pub struct DispatcherConfig {
     /// Embedded mode: containers get the service's restart policy, so the engine keeps them up
     /// while no manager runs. Otherwise the control plane owns restarts (engine policy `no`).
     pub engine_restarts: bool,
-    /// Status reports arriving within this window (from all agents) become one store write.
-    pub status_batch_window: Duration,
+    /// Most status updates in one store write. There is no batching window: a report is
+    /// proposed at once when no write is in flight; reports (from all agents) that arrive during
+    /// a write become the next one.
     pub status_batch_max: usize,
 }
 
@@ -69,7 +72,6 @@ impl DispatcherConfig {
             heartbeat_period: Duration::from_secs(2),
             down_after: Duration::from_secs(6),
             engine_restarts: false,
-            status_batch_window: Duration::from_millis(20),
             status_batch_max: 1000,
         }
     }
@@ -82,9 +84,6 @@ impl DispatcherConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.join_token.is_empty() {
-            return Err("the join token must not be empty".into());
-        }
         if self.heartbeat_period < Duration::from_millis(10) {
             return Err(format!("heartbeat period {:?} is too short (at least 10ms)", self.heartbeat_period));
         }
@@ -266,17 +265,8 @@ fn cluster_status(error: ClusterError) -> Status {
         ClusterError::Propose(e) => Status::unavailable(e.to_string()),
         ClusterError::Rejected(message) => Status::failed_precondition(message),
         ClusterError::Corrupt(message) => Status::internal(message),
+        e @ (ClusterError::NoQuorum { .. } | ClusterError::Forward(_)) => Status::unavailable(e.to_string()),
     }
-}
-
-/// Compares without an early exit, so the time taken does not reveal a prefix of the token.
-fn token_matches(given: &str, expected: &str) -> bool {
-    let (a, b) = (given.as_bytes(), expected.as_bytes());
-    let mut diff = a.len() ^ b.len();
-    for (i, x) in b.iter().enumerate() {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ x);
-    }
-    diff == 0
 }
 
 fn valid_node_id(id: &str) -> bool {
@@ -313,7 +303,8 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     async fn register(&self, request: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let inner = &self.inner;
         let request = request.into_inner();
-        if !token_matches(&request.token, &inner.config.join_token) {
+        let cluster_tokens = inner.cluster.read(|s| s.tokens.clone());
+        if !admits_agent(&request.token, &inner.config.join_token, cluster_tokens.as_ref()) {
             return Err(Status::unauthenticated("invalid join token"));
         }
         inner.require_leader()?;
@@ -462,6 +453,7 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
         health: wire::health_from(u.health),
         message: u.message,
         ports: u.ports,
+        cleanup_errors: u.cleanup_errors,
     })
 }
 
@@ -743,12 +735,36 @@ async fn monitor(inner: Arc<Inner>) {
     }
 }
 
-/// Collects status reports from every agent into one ReportStatus per window (or per
-/// `status_batch_max` updates), proposes it, and answers each caller once it is applied.
-async fn batch_statuses(inner: Arc<Inner>, mut batches: mpsc::Receiver<Batch>) {
-    let mut shutdown = inner.shutdown.clone();
-    let window = inner.config.status_batch_window;
+/// Proposes agents' status reports as ReportStatus commands, one write in flight at a time, and
+/// answers each caller once its write is applied (see [`group_commit`]).
+async fn batch_statuses(inner: Arc<Inner>, batches: mpsc::Receiver<Batch>) {
     let max = inner.config.status_batch_max.max(1);
+    let commit = |updates: Vec<StatusUpdate>| {
+        let inner = inner.clone();
+        async move {
+            let n = updates.len() as u64;
+            let result = inner.cluster.propose(Command::ReportStatus { updates, at: now() }).await;
+            inner.counters.status_proposals.fetch_add(1, Ordering::Relaxed);
+            inner.counters.status_updates.fetch_add(n, Ordering::Relaxed);
+            result.map(drop).map_err(cluster_status)
+        }
+    };
+    group_commit(batches, inner.shutdown.clone(), max, commit).await;
+}
+
+/// Group commit: waits for a report, then commits it together with every report already queued
+/// (up to `max` updates) — those arrived while the previous write was in flight. A lone report
+/// is thus written at once, with no batching delay, and under load many share one write. Ends on
+/// shutdown or when every sender is gone.
+async fn group_commit<F, Fut>(
+    mut batches: mpsc::Receiver<Batch>,
+    mut shutdown: watch::Receiver<bool>,
+    max: usize,
+    mut commit: F,
+) where
+    F: FnMut(Vec<StatusUpdate>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Status>>,
+{
     loop {
         let first = tokio::select! {
             _ = shutdown.changed() => return,
@@ -757,41 +773,30 @@ async fn batch_statuses(inner: Arc<Inner>, mut batches: mpsc::Receiver<Batch>) {
                 None => return,
             },
         };
-        let mut count = first.updates.len();
-        let mut waiting = vec![first];
-        let deadline = Instant::now() + window;
-        while count < max {
-            match tokio::time::timeout_at(deadline, batches.recv()).await {
-                Ok(Some(batch)) => {
-                    count += batch.updates.len();
-                    waiting.push(batch);
-                }
-                Ok(None) | Err(_) => break,
-            }
-        }
+        let mut waiting = take_queued(first, &mut batches, max);
         let updates: Vec<StatusUpdate> = waiting.iter_mut().flat_map(|b| std::mem::take(&mut b.updates)).collect();
-        let n = updates.len() as u64;
-        let result = inner.cluster.propose(Command::ReportStatus { updates, at: now() }).await;
-        inner.counters.status_proposals.fetch_add(1, Ordering::Relaxed);
-        inner.counters.status_updates.fetch_add(n, Ordering::Relaxed);
-        let answer = result.map(|_| ()).map_err(cluster_status);
+        let answer = commit(updates).await;
         for batch in waiting {
             let _ = batch.reply.send(answer.clone());
         }
     }
 }
 
+/// `first` plus the batches queued behind it, without waiting, until they hold `max` updates.
+fn take_queued(first: Batch, batches: &mut mpsc::Receiver<Batch>, max: usize) -> Vec<Batch> {
+    let mut count = first.updates.len();
+    let mut taken = vec![first];
+    while count < max {
+        let Ok(batch) = batches.try_recv() else { break };
+        count += batch.updates.len();
+        taken.push(batch);
+    }
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(token_matches("secret", "secret"));
-        assert!(!token_matches("secreT", "secret"));
-        assert!(!token_matches("secret-and-more", "secret"));
-        assert!(!token_matches("", "secret"));
-    }
 
     #[test]
     fn node_ids() {
@@ -808,5 +813,104 @@ mod tests {
         config.validate().unwrap();
         assert!(config.down_after + config.check_every() <= Duration::from_secs(10));
         assert!(DispatcherConfig::new("t").with_heartbeat(Duration::from_secs(1), 1).validate().is_err());
+    }
+
+    fn update(task: TaskId) -> StatusUpdate {
+        StatusUpdate {
+            task,
+            node: "n".into(),
+            state: TaskState::Running,
+            container_id: None,
+            exit_code: None,
+            health: None,
+            message: String::new(),
+            ports: Vec::new(),
+            cleanup_errors: Vec::new(),
+        }
+    }
+
+    /// Queues a report of `tasks`; the receiver gets the caller's answer.
+    async fn report(
+        batches: &mpsc::Sender<Batch>,
+        tasks: impl IntoIterator<Item = TaskId>,
+    ) -> oneshot::Receiver<Result<(), Status>> {
+        let (reply, answer) = oneshot::channel();
+        let updates = tasks.into_iter().map(update).collect();
+        batches.send(Batch { updates, reply }).await.expect("the batcher runs");
+        answer
+    }
+
+    /// A running [`group_commit`] whose writes the test sees (their task ids, in `written`) and
+    /// completes one by one (`finish`).
+    struct TestBatcher {
+        batches: mpsc::Sender<Batch>,
+        written: mpsc::UnboundedReceiver<Vec<TaskId>>,
+        finish: mpsc::UnboundedSender<Result<(), Status>>,
+    }
+
+    fn batcher(max: usize) -> TestBatcher {
+        let (batches, batch_rx) = mpsc::channel(64);
+        let (written_tx, written) = mpsc::unbounded_channel();
+        let (finish, finish_rx) = mpsc::unbounded_channel::<Result<(), Status>>();
+        let finish_rx = Arc::new(tokio::sync::Mutex::new(finish_rx));
+        let commit = move |updates: Vec<StatusUpdate>| {
+            let _ = written_tx.send(updates.iter().map(|u| u.task).collect());
+            let finish_rx = finish_rx.clone();
+            async move { finish_rx.lock().await.recv().await.unwrap_or_else(|| Err(Status::cancelled("test over"))) }
+        };
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        tokio::spawn(async move {
+            let _keep_open = shutdown_tx;
+            group_commit(batch_rx, shutdown, max, commit).await
+        });
+        TestBatcher { batches, written, finish }
+    }
+
+    /// What the batcher has written so far, after letting it run (one thread: no wall-clock
+    /// timing involved, so a batching delay would show as "nothing written yet").
+    async fn written_now(written: &mut mpsc::UnboundedReceiver<Vec<TaskId>>) -> Option<Vec<TaskId>> {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        written.try_recv().ok()
+    }
+
+    fn code(answer: Result<Result<(), Status>, oneshot::error::RecvError>) -> Result<(), tonic::Code> {
+        answer.expect("every caller is answered").map_err(|s| s.code())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_lone_report_is_written_at_once_and_reports_during_a_write_share_the_next() {
+        let TestBatcher { batches, mut written, finish } = batcher(1000);
+        let first = report(&batches, [1]).await;
+        assert_eq!(written_now(&mut written).await, Some(vec![1]), "written alone, without waiting for company");
+        // The first write is in flight: three reports queue up behind it.
+        let rest = [report(&batches, [2]).await, report(&batches, [3, 4]).await, report(&batches, [5]).await];
+        assert_eq!(written_now(&mut written).await, None, "one write in flight at a time");
+        finish.send(Ok(())).ok();
+        assert_eq!(code(first.await), Ok(()));
+        assert_eq!(written_now(&mut written).await, Some(vec![2, 3, 4, 5]), "one write for everything that queued");
+        finish.send(Err(Status::unavailable("lost leadership"))).ok();
+        for answer in rest {
+            assert_eq!(code(answer.await), Err(tonic::Code::Unavailable), "every caller hears its write's outcome");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_write_holds_at_most_max_updates_give_or_take_the_last_report() {
+        let TestBatcher { batches, mut written, finish } = batcher(3);
+        let first = report(&batches, [1]).await;
+        assert_eq!(written.recv().await, Some(vec![1]));
+        let queued = [report(&batches, [2, 3]).await, report(&batches, [4, 5]).await, report(&batches, [6]).await];
+        for _ in 0..3 {
+            finish.send(Ok(())).ok();
+        }
+        // A report is never split: the write that reaches `max` takes the whole report.
+        assert_eq!(written.recv().await, Some(vec![2, 3, 4, 5]));
+        assert_eq!(written.recv().await, Some(vec![6]));
+        assert_eq!(code(first.await), Ok(()));
+        for answer in queued {
+            assert_eq!(code(answer.await), Ok(()));
+        }
     }
 }

@@ -7,8 +7,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::store::command::{Command, CommandResult};
-use crate::store::raft::StateMachine;
-use crate::store::state::ClusterState;
+use crate::store::raft::{Membership, StateMachine};
+use crate::store::state::{ClusterState, ManagerInfo};
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serializing our own plain data types to JSON cannot fail (no maps with non-string keys).
@@ -30,6 +30,13 @@ impl ClusterMachine {
     pub fn new() -> (ClusterMachine, watch::Receiver<u64>) {
         let (changes, rx) = watch::channel(0);
         (ClusterMachine { state: ClusterState::default(), changes }, rx)
+    }
+
+    /// A machine starting from a given state (a restored backup, a recovered cluster).
+    pub fn with_state(state: ClusterState) -> (ClusterMachine, watch::Receiver<u64>) {
+        let (mut machine, rx) = ClusterMachine::new();
+        machine.state = state;
+        (machine, rx)
     }
 
     fn notify(&self) {
@@ -57,5 +64,18 @@ impl StateMachine for ClusterMachine {
         self.state = decode(data)?;
         self.notify();
         Ok(())
+    }
+
+    /// A change's context names the manager it adds (see the Raft service's join); members that
+    /// left are forgotten. Deterministic, like every apply.
+    fn apply_membership(&mut self, index: u64, membership: &Membership, context: &[u8]) {
+        if let Ok(manager) = decode::<ManagerInfo>(context) {
+            if membership.contains(manager.id) {
+                self.state.managers.insert(manager.id, manager);
+            }
+        }
+        self.state.managers.retain(|id, _| membership.contains(*id));
+        self.state.applied_index = index;
+        self.notify();
     }
 }

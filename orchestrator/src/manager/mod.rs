@@ -3,8 +3,12 @@
 
 pub mod cluster;
 pub mod machine;
+pub mod members;
 pub mod orchestrate;
+pub mod peers;
+pub mod recovery;
 pub mod server;
+pub mod tokens;
 
 pub use cluster::{Cluster, ClusterError};
 pub use server::{Manager, ManagerConfig, ManagerError};

@@ -1,10 +1,11 @@
 //! Starting and stopping a manager: the Raft store with the cluster state machine, the
-//! orchestration loop, the dispatcher's background tasks, and the gRPC server (Control and
-//! Dispatcher) on one listener.
+//! orchestration loop, the dispatcher's background tasks, and the gRPC server (Control,
+//! Dispatcher and, for a replicated cluster, Raft) on one listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,10 +14,15 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use super::cluster::Cluster;
 use super::machine::ClusterMachine;
-use super::orchestrate;
+use super::peers::book::PeerBook;
+use super::peers::forward::Forwarder;
+use super::peers::service::RaftService;
+use super::peers::transport::GrpcTransport;
+use super::{members, orchestrate};
 use crate::controlapi::ControlService;
 use crate::dispatcher::server::{DispatcherConfig, DispatcherService, DispatcherTasks};
-use crate::store::raft::{self, NoopTransport, RaftConfig, RaftTask, StoreError};
+use crate::store::raft::{self, NoopTransport, RaftConfig, RaftTask, StoreError, Transport};
+use crate::store::state::{ClusterState, ManagerInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -28,6 +34,19 @@ pub enum ManagerError {
     Dispatcher(String),
 }
 
+/// How a manager of a replicated cluster is known to the others.
+#[derive(Debug, Clone)]
+pub struct Replication {
+    /// Unique among the managers (also its local agent's node id).
+    pub name: String,
+    /// Where the other managers, agents and clients reach it.
+    pub advertise: String,
+    /// Addresses known before the replicated state has them (a joining manager's join answer).
+    pub seed_peers: Vec<(u64, String)>,
+    /// A manager not heard from for longer counts as unreachable.
+    pub contact_window: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     pub state_dir: PathBuf,
@@ -35,6 +54,10 @@ pub struct ManagerConfig {
     pub listen: String,
     pub raft: RaftConfig,
     pub dispatcher: DispatcherConfig,
+    /// `None`: a group of one that talks to nobody (the embedded cluster).
+    pub replication: Option<Replication>,
+    /// The state a new group starts from (a restored backup); ignored when the state dir has one.
+    pub initial_state: Option<ClusterState>,
 }
 
 impl ManagerConfig {
@@ -46,6 +69,8 @@ impl ManagerConfig {
             state_dir,
             listen: listen.into(),
             dispatcher: DispatcherConfig::new(join_token),
+            replication: None,
+            initial_state: None,
         }
     }
 }
@@ -57,35 +82,74 @@ pub struct Manager {
     pub dispatcher: DispatcherService,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<()>,
-    orchestrator: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
     dispatcher_tasks: DispatcherTasks,
     raft: RaftTask,
 }
 
 impl Manager {
     pub async fn start(config: ManagerConfig) -> Result<Manager, ManagerError> {
-        let (machine, changes) = ClusterMachine::new();
-        let node = raft::start(config.raft.clone(), machine, Arc::new(NoopTransport)).await?;
-        let cluster = Cluster::new(node.handle.clone(), node.state.clone(), changes);
-        // A group of one elects itself within an election timeout; serve once it has.
-        let _ = node.handle.wait_for(config.raft.request_timeout, |s| s.is_leader()).await;
+        let listener = bind(&config.listen).await?;
+        Manager::start_on(listener, config).await
+    }
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let listener = TcpListener::bind(&config.listen)
-            .await
-            .map_err(|source| ManagerError::Listen { address: config.listen.clone(), source })?;
+    /// Starts on a listener bound beforehand (a joining manager must tell its address first).
+    pub async fn start_on(listener: TcpListener, config: ManagerConfig) -> Result<Manager, ManagerError> {
         let address =
             listener.local_addr().map_err(|source| ManagerError::Listen { address: config.listen.clone(), source })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (machine, changes) = match config.initial_state.clone() {
+            Some(state) => ClusterMachine::with_state(state),
+            None => ClusterMachine::new(),
+        };
+        let mut background = Vec::new();
+        let (cluster, raft_task, raft_service) = match &config.replication {
+            None => {
+                let node = raft::start(config.raft.clone(), machine, Arc::new(NoopTransport)).await?;
+                (Cluster::new(node.handle.clone(), node.state.clone(), changes), node.task, None)
+            }
+            Some(replication) => {
+                let book = Arc::new(PeerBook::new(config.raft.id, replication.contact_window));
+                book.set_addresses(replication.seed_peers.iter().cloned());
+                let transport = GrpcTransport::new(book.clone(), shutdown_rx.clone());
+                let dyn_transport: Arc<dyn Transport> = transport.clone();
+                let node = raft::start(config.raft.clone(), machine, dyn_transport).await?;
+                transport.attach(node.handle.clone());
+                let forwarder = Arc::new(Forwarder::new(book.clone()));
+                let cluster = Cluster::replicated(node.handle.clone(), node.state.clone(), changes, forwarder);
+                let own = ManagerInfo {
+                    id: config.raft.id,
+                    name: replication.name.clone(),
+                    address: replication.advertise.clone(),
+                    voter: true,
+                };
+                background.push(tokio::spawn(sync_peers(
+                    cluster.clone(),
+                    book.clone(),
+                    transport,
+                    shutdown_rx.clone(),
+                )));
+                background.push(tokio::spawn(members::run(cluster.clone(), own, shutdown_rx.clone())));
+                let service = RaftService::new(cluster.clone(), book);
+                (cluster, node.task, Some(service))
+            }
+        };
+        // A group of one elects itself within an election timeout; serve once it has. (A member
+        // of a larger group serves at once: it may be the one whose vote is missing.)
+        if config.replication.is_none() {
+            let _ = cluster.raft().wait_for(config.raft.request_timeout, |s| s.is_leader()).await;
+        }
 
         let (dispatcher, dispatcher_tasks) =
             DispatcherService::start(cluster.clone(), config.dispatcher.clone(), shutdown_rx.clone())
                 .map_err(ManagerError::Dispatcher)?;
-        let orchestrator = tokio::spawn(orchestrate::run(cluster.clone(), shutdown_rx.clone()));
+        background.push(tokio::spawn(orchestrate::run(cluster.clone(), shutdown_rx.clone())));
         let control = ControlService::new(cluster.clone());
         let mut stop = shutdown_rx.clone();
         let router = tonic::transport::Server::builder()
             .add_service(control.into_server())
-            .add_service(dispatcher.clone().into_server());
+            .add_service(dispatcher.clone().into_server())
+            .add_optional_service(raft_service.map(RaftService::into_server));
         let server = tokio::spawn(async move {
             let signal = async move {
                 let _ = stop.wait_for(|s| *s).await;
@@ -94,16 +158,55 @@ impl Manager {
                 tracing::error!("manager gRPC server stopped: {e}");
             }
         });
-        Ok(Manager { address, cluster, dispatcher, shutdown, server, orchestrator, dispatcher_tasks, raft: node.task })
+        Ok(Manager { address, cluster, dispatcher, shutdown, server, background, dispatcher_tasks, raft: raft_task })
     }
 
-    /// Stops serving, then stops the store (its state is on disk).
+    /// Stops serving, then stops the store (its state is on disk). Calls in flight get
+    /// [`SERVE_GRACE`] to finish; a client's open stream (a watch, `logs -f`) must not keep the
+    /// manager up — the client sees its connection end and goes elsewhere.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
-        let _ = self.server.await;
-        let _ = self.orchestrator.await;
+        let _ = tokio::time::timeout(SERVE_GRACE, self.server).await;
+        for task in self.background {
+            let _ = task.await;
+        }
         self.dispatcher_tasks.join().await;
         self.cluster.raft().clone().shutdown().await;
         let _ = self.raft.join().await;
+    }
+
+    /// Resolves when the store stops on its own (a fatal storage error, or removal).
+    pub fn raft_running(&self) -> watch::Receiver<crate::store::raft::RaftStatus> {
+        self.cluster.raft().status_watch()
+    }
+}
+
+/// How long a stopping manager waits for the calls in flight.
+pub const SERVE_GRACE: Duration = Duration::from_secs(1);
+
+pub async fn bind(listen: &str) -> Result<TcpListener, ManagerError> {
+    TcpListener::bind(listen).await.map_err(|source| ManagerError::Listen { address: listen.to_string(), source })
+}
+
+/// Keeps the address book and the per-peer probes in step with the replicated list of managers.
+async fn sync_peers(
+    cluster: Cluster,
+    book: Arc<PeerBook>,
+    transport: Arc<GrpcTransport>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = cluster.subscribe();
+    loop {
+        let managers = cluster.read(|s| s.managers.values().map(|m| (m.id, m.address.clone())).collect::<Vec<_>>());
+        for (id, _) in &managers {
+            if *id != book.id() {
+                transport.watch_peer(*id);
+            }
+        }
+        book.set_addresses(managers);
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
     }
 }

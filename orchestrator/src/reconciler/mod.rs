@@ -38,9 +38,14 @@ pub fn reconcile(state: &ClusterState, now: Millis) -> Vec<Command> {
             ServiceMode::Global | ServiceMode::GlobalJob => reconcile_global(state, service, &mut plan),
         }
     }
-    forget_finished(state, &mut plan);
+    forget_finished(state, now, &mut plan);
     plan.into_commands(now)
 }
+
+/// How long a removed task whose cleanup failed is kept before it is forgotten. Watchers (`down`)
+/// read the state after changes, not every change: one that reads only after the forget would
+/// never learn what could not be removed.
+pub const CLEANUP_ERRORS_KEPT: Millis = 2_000;
 
 #[derive(Default)]
 struct Plan {
@@ -208,7 +213,7 @@ fn remove_all(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
 }
 
 /// Forgets tasks whose containers are gone, and stacks whose services are gone.
-fn forget_finished(state: &ClusterState, plan: &mut Plan) {
+fn forget_finished(state: &ClusterState, now: Millis, plan: &mut Plan) {
     for task in state.tasks.values() {
         if task.desired != DesiredState::Remove {
             continue;
@@ -216,7 +221,9 @@ fn forget_finished(state: &ClusterState, plan: &mut Plan) {
         let node_down =
             task.node.as_ref().and_then(|n| state.nodes.get(n)).is_none_or(|n| n.status == NodeStatus::Down);
         let never_placed = task.node.is_none() || task.state == TaskState::Pending;
-        if task.state == TaskState::Removed || never_placed || (node_down && task.state.is_terminal()) {
+        let removed = task.state == TaskState::Removed
+            && (task.cleanup_errors.is_empty() || now >= task.updated_at.saturating_add(CLEANUP_ERRORS_KEPT));
+        if removed || never_placed || (node_down && task.state.is_terminal()) {
             plan.forget_tasks.push(task.id);
         }
     }

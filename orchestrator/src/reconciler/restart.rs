@@ -90,6 +90,7 @@ mod tests {
             health: None,
             ports: Vec::new(),
             message: String::new(),
+            cleanup_errors: Vec::new(),
             config_hash: String::new(),
             service_version: 1,
             restarts,

@@ -72,6 +72,7 @@ fn force_recreate_replaces_unchanged_services() {
         only: vec![],
         recreate: crate::store::command::RecreatePolicy::Force,
         at: 1,
+        request_id: String::new(),
     });
     converge(&mut state, 1);
     assert_ne!(live(&state, "db")[0].id, before);
@@ -88,6 +89,7 @@ fn finish(state: &mut ClusterState, task: &Task, code: i64, at: u64) {
             health: None,
             message: format!("exited with code {code}"),
             ports: Vec::new(),
+            cleanup_errors: Vec::new(),
         }],
         at,
     });
@@ -177,6 +179,36 @@ fn removing_a_stack_removes_everything_then_forgets_it() {
     converge(&mut state, 2);
     assert!(state.tasks.is_empty());
     assert!(state.services.is_empty());
+    assert!(state.stacks.is_empty());
+}
+
+#[test]
+fn a_removed_task_whose_cleanup_failed_is_kept_a_moment_for_watchers() {
+    let mut state = state_with(&["n1"], &[("web", "image: x", 1)]);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    state.apply(Command::RemoveStack { stack: "p".into(), remove_volumes: false, stop_timeout: None, at: 1 });
+    converge(&mut state, 1);
+    let task = state.tasks.values().next().cloned().expect("the web task");
+    let error = "network p_default: network has active endpoints".to_string();
+    state.apply(Command::ReportStatus {
+        updates: vec![StatusUpdate {
+            task: task.id,
+            node: "n1".into(),
+            state: TaskState::Removed,
+            container_id: None,
+            exit_code: None,
+            health: None,
+            message: "removed".into(),
+            ports: Vec::new(),
+            cleanup_errors: vec![error.clone()],
+        }],
+        at: 10,
+    });
+    converge(&mut state, 10 + CLEANUP_ERRORS_KEPT - 1);
+    assert_eq!(state.tasks[&task.id].cleanup_errors, [error], "forgotten before a watcher could see why");
+    converge(&mut state, 10 + CLEANUP_ERRORS_KEPT);
+    assert!(state.tasks.is_empty());
     assert!(state.stacks.is_empty());
 }
 

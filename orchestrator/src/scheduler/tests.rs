@@ -60,6 +60,7 @@ pub fn deploy(state: &mut ClusterState, services: &[(&str, &str, u64)]) {
         only: vec![],
         recreate: Default::default(),
         at: 0,
+        request_id: String::new(),
     });
     assert_eq!(result.error, None);
 }
@@ -107,6 +108,7 @@ pub fn agents_run_everything(state: &mut ClusterState) {
                 health: spec.healthcheck.as_ref().map(|_| Health::Healthy),
                 message: String::new(),
                 ports: Vec::new(),
+                cleanup_errors: Vec::new(),
             }
         })
         .collect();
@@ -198,6 +200,7 @@ fn completed_successfully_gates_on_exit_code() {
                 health: None,
                 message: format!("exited with code {code}"),
                 ports: Vec::new(),
+                cleanup_errors: Vec::new(),
             }],
             at: 1,
         });

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::state::{
-    Availability, ClusterState, DesiredState, Health, Millis, Node, NodeId, NodeStatus, ServiceId, ServiceMode,
-    ServiceRecord, Stack, Task, TaskId, TaskState,
+    Availability, ClusterState, DesiredState, Health, JoinTokens, ManagerInfo, Millis, Node, NodeId, NodeStatus,
+    ServiceId, ServiceMode, ServiceRecord, Stack, Task, TaskId, TaskState,
 };
 use crate::compose::model::Service;
 
@@ -47,6 +47,9 @@ pub struct StatusUpdate {
     /// Published ports as bound (`0.0.0.0:8080->80/tcp`).
     #[serde(default)]
     pub ports: Vec<String>,
+    /// With `Removed`: what the agent could not clean up after the container.
+    #[serde(default)]
+    pub cleanup_errors: Vec<String>,
 }
 
 /// A task the reconciler wants created (ids are assigned when applied).
@@ -73,6 +76,9 @@ pub enum Command {
         only: Vec<String>,
         recreate: RecreatePolicy,
         at: Millis,
+        /// Unique per client request; a repeat of the last applied one changes nothing.
+        #[serde(default)]
+        request_id: String,
     },
     /// `down`: remove every service of the stack; the stack goes once its tasks are gone.
     RemoveStack {
@@ -141,6 +147,18 @@ pub enum Command {
     ForgetTasks {
         tasks: Vec<TaskId>,
     },
+    /// A manager's address, name or wanted role (raft membership changes add and remove them).
+    SetManager {
+        manager: ManagerInfo,
+    },
+    /// Managers that are no longer raft members.
+    ForgetManagers {
+        ids: Vec<u64>,
+    },
+    /// The join tokens; applied only while none are set, so racing first leaders agree.
+    InitTokens {
+        tokens: JoinTokens,
+    },
 }
 
 /// What applying a command tells its proposer.
@@ -162,8 +180,34 @@ impl ClusterState {
     /// Applies one command. Invalid references are answered with an error and change nothing.
     pub fn apply(&mut self, command: Command) -> CommandResult {
         match command {
-            Command::DeployStack { stack, project, services, remove_orphans, only, recreate, at } => {
-                self.deploy_stack(stack, *project, services, remove_orphans, &only, recreate, at)
+            Command::DeployStack { stack, project, services, remove_orphans, only, recreate, at, request_id } => {
+                let repeated = !request_id.is_empty()
+                    && self.stacks.get(&stack).is_some_and(|s| s.last_request == request_id && !s.removing);
+                if repeated {
+                    return CommandResult::default();
+                }
+                let result = self.deploy_stack(stack.clone(), *project, services, remove_orphans, &only, recreate, at);
+                if let Some(record) = self.stacks.get_mut(&stack) {
+                    record.revision += 1;
+                    record.last_request = request_id;
+                }
+                result
+            }
+            Command::SetManager { manager } => {
+                self.managers.insert(manager.id, manager);
+                CommandResult::default()
+            }
+            Command::ForgetManagers { ids } => {
+                for id in ids {
+                    self.managers.remove(&id);
+                }
+                CommandResult::default()
+            }
+            Command::InitTokens { tokens } => {
+                if self.tokens.is_none() {
+                    self.tokens = Some(tokens);
+                }
+                CommandResult::default()
             }
             Command::RemoveStack { stack, remove_volumes, stop_timeout, at } => {
                 self.remove_stack(&stack, remove_volumes, stop_timeout, at)
@@ -304,6 +348,8 @@ impl ClusterState {
             removing: false,
             remove_volumes: false,
             stop_timeout: None,
+            revision: 0,
+            last_request: String::new(),
         });
         stack.project = project;
         stack.updated_at = at;
@@ -432,6 +478,7 @@ impl ClusterState {
                     health: None,
                     ports: Vec::new(),
                     message: String::new(),
+                    cleanup_errors: Vec::new(),
                     config_hash: service.config_hash.clone(),
                     service_version: service.version,
                     restarts: new.restarts,
@@ -463,9 +510,56 @@ impl ClusterState {
         }
         task.health = update.health;
         task.message = update.message;
+        task.cleanup_errors = update.cleanup_errors;
         if !update.ports.is_empty() || task.state.is_terminal() {
             task.ports = update.ports;
         }
         task.updated_at = at;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deploy(request_id: &str, at: Millis) -> Command {
+        Command::DeployStack {
+            stack: "shop".into(),
+            project: Box::default(),
+            services: Vec::new(),
+            remove_orphans: false,
+            only: Vec::new(),
+            recreate: RecreatePolicy::Changed,
+            at,
+            request_id: request_id.into(),
+        }
+    }
+
+    #[test]
+    fn a_repeated_deploy_request_is_applied_once() {
+        let mut state = ClusterState::default();
+        assert_eq!(state.apply(deploy("r1", 1)).error, None);
+        assert_eq!(state.apply(deploy("r1", 2)).error, None, "a retry succeeds");
+        let stack = &state.stacks["shop"];
+        assert_eq!((stack.revision, stack.updated_at), (1, 1), "but changes nothing");
+        state.apply(deploy("r2", 3));
+        assert_eq!(state.stacks["shop"].revision, 2, "a new request is a new deploy");
+        state.apply(deploy("", 4));
+        state.apply(deploy("", 5));
+        assert_eq!(state.stacks["shop"].revision, 4, "requests without an id are never deduplicated");
+    }
+
+    #[test]
+    fn join_tokens_are_set_once_and_managers_come_and_go() {
+        let mut state = ClusterState::default();
+        let first = JoinTokens { worker: "w1".into(), manager: "m1".into() };
+        state.apply(Command::InitTokens { tokens: first.clone() });
+        state.apply(Command::InitTokens { tokens: JoinTokens { worker: "w2".into(), manager: "m2".into() } });
+        assert_eq!(state.tokens, Some(first), "a second leader's tokens do not replace the first");
+        let manager = ManagerInfo { id: 7, name: "m".into(), address: "a:1".into(), voter: true };
+        state.apply(Command::SetManager { manager: manager.clone() });
+        assert_eq!(state.managers.get(&7), Some(&manager));
+        state.apply(Command::ForgetManagers { ids: vec![7] });
+        assert!(state.managers.is_empty());
     }
 }

@@ -55,6 +55,13 @@ pub struct Stack {
     /// `down -t`: seconds each container gets to stop, instead of its stop_grace_period.
     #[serde(default)]
     pub stop_timeout: Option<u32>,
+    /// How many deploys changed this stack (1 after the first `up`).
+    #[serde(default)]
+    pub revision: u64,
+    /// The request id of the last applied deploy: a client retrying after a failover sends the
+    /// same id, and the retry is not applied a second time.
+    #[serde(default)]
+    pub last_request: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +172,10 @@ pub struct Task {
     /// Why the task is in its state, in words a user understands ("waiting for db to be
     /// healthy", "0 of 3 nodes fit: ...", "exited with code 1").
     pub message: String,
+    /// Once removed: what the agent could not clean up after the container (a stack network
+    /// another container still uses), each naming the object and the engine's reason.
+    #[serde(default)]
+    pub cleanup_errors: Vec<String>,
     pub config_hash: String,
     pub service_version: u64,
     /// How many times this slot has been restarted (carried over to the replacement task).
@@ -230,13 +241,39 @@ pub struct Node {
     pub updated_at: Millis,
 }
 
+/// One manager of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerInfo {
+    pub id: u64,
+    /// Unique among managers; also the node id of the manager's own agent.
+    pub name: String,
+    /// Where managers, agents and clients reach it (gRPC).
+    pub address: String,
+    /// True: it should be a voter (it is promoted once caught up); false: a non-voting learner.
+    pub voter: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokens {
+    pub worker: String,
+    pub manager: String,
+}
+
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
     pub stacks: BTreeMap<String, Stack>,
+    #[serde(with = "services_by_name")]
     pub services: BTreeMap<ServiceId, ServiceRecord>,
     pub tasks: BTreeMap<TaskId, Task>,
     pub nodes: BTreeMap<NodeId, Node>,
+    /// The managers (raft members) by raft id: where they are reached and whether an operator
+    /// wants them voting. Kept in step with the raft membership by its changes' context.
+    #[serde(default)]
+    pub managers: BTreeMap<u64, ManagerInfo>,
+    /// Secrets that admit new agents and managers; set once by the cluster's first leader.
+    #[serde(default)]
+    pub tokens: Option<JoinTokens>,
     /// The next task id to hand out.
     pub next_task_id: TaskId,
     /// Raft index of the last applied command (0 before any).
@@ -254,5 +291,52 @@ impl ClusterState {
 
     pub fn node_tasks<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks.values().filter(move |t| t.node.as_deref() == Some(node))
+    }
+}
+
+/// JSON map keys must be strings: the services are stored keyed by `<stack>/<service>`, and read
+/// back keyed by each record's own id.
+mod services_by_name {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ServiceId, ServiceRecord};
+
+    pub fn serialize<S: Serializer>(services: &BTreeMap<ServiceId, ServiceRecord>, s: S) -> Result<S::Ok, S::Error> {
+        services.iter().map(|(id, record)| (id.to_string(), record)).collect::<BTreeMap<_, _>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<ServiceId, ServiceRecord>, D::Error> {
+        let by_name = BTreeMap::<String, ServiceRecord>::deserialize(d)?;
+        Ok(by_name.into_values().map(|record| (record.id.clone(), record)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_with_services_round_trips_through_json() {
+        let id = ServiceId::new("shop", "web");
+        let record = ServiceRecord {
+            id: id.clone(),
+            spec: Service::default(),
+            config_hash: "h".into(),
+            mode: ServiceMode::Replicated,
+            replicas: 2,
+            version: 1,
+            force_recreate_below: 0,
+            removing: false,
+            created_at: 1,
+            updated_at: 1,
+        };
+        let mut state = ClusterState::default();
+        state.services.insert(id, record);
+        let json = serde_json::to_string(&state).expect("a state serializes (snapshots, backups)");
+        assert!(json.contains(r#""services":{"shop/web":"#), "{json}");
+        let back: ClusterState = serde_json::from_str(&json).expect("and reads back");
+        assert_eq!(back, state);
     }
 }

@@ -315,9 +315,61 @@ pub fn container_state(r: models::ContainerInspectResponse) -> ContainerState {
         exit_code: if started || status == ContainerStatus::Exited { state.exit_code } else { None },
         health,
         oom_killed: state.oom_killed.unwrap_or(false),
-        error: state.error.filter(|e| !e.is_empty()),
+        // A start that failed on a taken host port leaves the engine's raw text here too.
+        error: state.error.filter(|e| !e.is_empty()).map(|e| port_in_use(&e).map_or(e, |c| c.to_string())),
         ports: bound_ports(r.network_settings.and_then(|n| n.ports).unwrap_or_default()),
     }
+}
+
+/// A refused start whose reason is a published port that another container or process holds,
+/// as [`EngineError::PortInUse`]; `None` for any other message. The engine words it as
+/// - `Bind for 0.0.0.0:8080 failed: port is already allocated` (another container has it),
+/// - `Error starting userland proxy: listen tcp4 0.0.0.0:8080: bind: address already in use`
+///   (a process has it),
+/// - `failed to bind host port for 0.0.0.0:8080:172.17.0.2:80/tcp: address already in use`
+///   (Docker 25 and later),
+///
+/// each after `driver failed programming external connectivity on endpoint <name> (<id>): `.
+pub fn port_in_use(message: &str) -> Option<EngineError> {
+    let allocated = message.contains("port is already allocated");
+    if !allocated && !message.contains("address already in use") {
+        return None;
+    }
+    let port = allocated_port(message).or_else(|| proxy_port(message)).or_else(|| bind_port(message));
+    Some(EngineError::PortInUse { port })
+}
+
+/// The port of an `ip:port` address (IPv6 in brackets or not: the port follows the last `:`).
+fn port_of(address: &str) -> Option<&str> {
+    address.rsplit_once(':').map(|(_, port)| port).filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `Bind for <address> failed: port is already allocated`
+fn allocated_port(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("Bind for ")?;
+    let (address, _) = rest.split_once(" failed")?;
+    port_of(address).map(str::to_string)
+}
+
+/// `listen <proto> <address>: bind: address already in use`
+fn proxy_port(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("listen ")?;
+    let (proto, rest) = rest.split_once(' ')?;
+    let (address, _) = rest.split_once(": bind:")?;
+    let port = port_of(address)?;
+    Some(if proto.starts_with("udp") { format!("{port}/udp") } else { port.to_string() })
+}
+
+/// `failed to bind host port for <host ip>:<port>:<container ip>:<port>/<proto>: address ...`
+/// (IPv4 host addresses only: an IPv6 one makes the fields ambiguous).
+fn bind_port(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("host port for ")?;
+    let (mapping, _) = rest.split_once(": address already in use")?;
+    let (mapping, proto) = mapping.rsplit_once('/')?;
+    let mut fields = mapping.split(':');
+    let (host_ip, port) = (fields.next()?, fields.next()?);
+    host_ip.parse::<std::net::Ipv4Addr>().ok()?;
+    port.bytes().all(|b| b.is_ascii_digit()).then(|| if proto == "udp" { format!("{port}/udp") } else { port.into() })
 }
 
 /// The engine's port map (`"80/tcp" → [{HostIp, HostPort}]`) as `host_ip:published->80/tcp`.
@@ -341,6 +393,55 @@ fn bound_ports(map: HashMap<String, Option<Vec<PortBinding>>>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::spec::{PortRange, Protocol, TaskIdentity};
+
+    #[test]
+    fn taken_host_ports_are_recognised_in_every_wording() {
+        let prefix = "driver failed programming external connectivity on endpoint p-web-1 (8624ce08): ";
+        let port = |message: &str| match port_in_use(&format!("{prefix}{message}")) {
+            Some(EngineError::PortInUse { port }) => Some(port),
+            _ => None,
+        };
+        let cases = [
+            ("Bind for 0.0.0.0:18999 failed: port is already allocated", Some("18999")),
+            ("Bind for [::]:8080 failed: port is already allocated", Some("8080")),
+            ("Error starting userland proxy: listen tcp4 0.0.0.0:39805: bind: address already in use", Some("39805")),
+            ("Error starting userland proxy: listen udp 127.0.0.1:53: bind: address already in use", Some("53/udp")),
+            ("Error starting userland proxy: listen tcp6 [::]:443: bind: address already in use", Some("443")),
+            ("failed to bind host port for 0.0.0.0:8080:172.17.0.2:80/tcp: address already in use", Some("8080")),
+            ("failed to bind host port for 0.0.0.0:5353:172.17.0.2:53/udp: address already in use", Some("5353/udp")),
+            ("something new: address already in use", None),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(port(message), Some(expected.map(str::to_string)), "{message}");
+        }
+        assert_eq!(port("Conflict. The container name \"/p-web-1\" is already in use"), None);
+        assert_eq!(port("OCI runtime create failed: executable file not found"), None);
+    }
+
+    #[test]
+    fn a_taken_port_reads_as_one_sentence_with_the_way_out() {
+        let e = EngineError::PortInUse { port: Some("8080".into()) };
+        assert_eq!(
+            e.to_string(),
+            "host port 8080 is already in use (another container or process holds it); choose another published \
+             port or stop the holder"
+        );
+        let e = EngineError::PortInUse { port: None };
+        assert!(e.to_string().starts_with("a published host port is already in use"), "{e}");
+    }
+
+    #[test]
+    fn an_inspected_start_error_about_a_taken_port_is_translated() {
+        let error = "driver failed programming external connectivity on endpoint x (1): Bind for 0.0.0.0:80 failed: \
+                     port is already allocated";
+        let state = models::ContainerState {
+            status: Some(models::ContainerStateStatusEnum::CREATED),
+            error: Some(error.into()),
+            ..Default::default()
+        };
+        let c = container_state(models::ContainerInspectResponse { state: Some(state), ..Default::default() });
+        assert_eq!(c.error.as_deref(), Some(EngineError::PortInUse { port: Some("80".into()) }.to_string().as_str()));
+    }
 
     fn spec() -> ContainerSpec {
         ContainerSpec::new(

@@ -259,10 +259,13 @@ impl Engine for DockerEngine {
     }
 
     async fn start(&self, id: &str) -> EngineResult<()> {
-        self.docker
-            .start_container(id, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| self.container_err(id, "starting", e))
+        self.docker.start_container(id, None::<StartContainerOptions>).await.map_err(|e| match &e {
+            // The engine's own text names the endpoint and its id, not what to do about it.
+            BollardError::DockerResponseServerError { message, .. } => {
+                convert::port_in_use(message).unwrap_or_else(|| self.container_err(id, "starting", e))
+            }
+            _ => self.container_err(id, "starting", e),
+        })
     }
 
     async fn wait(&self, id: &str, until: WaitCondition) -> EngineResult<WaitOutcome> {

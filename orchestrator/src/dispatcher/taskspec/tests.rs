@@ -34,6 +34,7 @@ fn task(project: &Project, service: &str, slot: u64) -> Task {
         health: None,
         ports: Vec::new(),
         message: String::new(),
+        cleanup_errors: Vec::new(),
         config_hash: String::new(),
         service_version: 1,
         restarts: 0,

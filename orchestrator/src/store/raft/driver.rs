@@ -453,6 +453,7 @@ impl<S: StateMachine> Driver<S> {
     fn send_messages(&self, messages: Vec<Message>) {
         for m in messages {
             match m.write_to_bytes() {
+                Ok(bytes) if m.get_msg_type() == MessageType::MsgSnapshot => self.transport.send_snapshot(m.to, bytes),
                 Ok(bytes) => self.transport.send(m.to, bytes),
                 Err(e) => tracing::error!(target: "shoal::raft", "cannot encode a raft message: {e}"),
             }

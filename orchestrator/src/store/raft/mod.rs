@@ -80,6 +80,12 @@ pub trait StateMachine: Send + Sync + 'static {
 /// and should report failed snapshot sends with [`RaftHandle::report_snapshot`].
 pub trait Transport: Send + Sync + 'static {
     fn send(&self, to: u64, message: Vec<u8>);
+
+    /// A snapshot message: report its delivery with [`RaftHandle::report_snapshot`] (until then
+    /// the leader sends that member nothing else).
+    fn send_snapshot(&self, to: u64, message: Vec<u8>) {
+        self.send(to, message);
+    }
 }
 
 /// Transport for a group of one: there is nobody to talk to.
@@ -234,6 +240,9 @@ pub enum ProposeError {
     /// Raft refused the request up front; nothing was applied.
     #[error("refused: {0}")]
     Refused(String),
+    /// The leader, reached through another manager, answered with this error.
+    #[error("the leader answered: {0}")]
+    Remote(String),
     /// Malformed input (e.g. an undecodable peer message).
     #[error("invalid request: {0}")]
     Invalid(String),
@@ -356,6 +365,11 @@ impl std::fmt::Debug for RaftHandle {
 impl RaftHandle {
     pub fn id(&self) -> u64 {
         self.inner.id
+    }
+
+    /// How long requests wait for their outcome ([`RaftConfig::request_timeout`]).
+    pub fn request_timeout(&self) -> Duration {
+        self.inner.timeout
     }
 
     fn send(&self, request: Request) -> Result<(), ProposeError> {
