@@ -116,6 +116,9 @@ enum SessionError {
     Connect(String),
     #[error("{call}: {status}")]
     Rpc { call: &'static str, status: String },
+    /// The manager is not the leader and says where the leader is.
+    #[error("{call}: not the leader; the leader is at {leader}")]
+    Redirect { call: &'static str, leader: String },
     #[error("{0}")]
     Protocol(String),
     #[error("reading the engine's facts: {0}")]
@@ -124,8 +127,19 @@ enum SessionError {
     Fatal(#[from] AgentError),
 }
 
+/// gRPC metadata key with which a manager that is not the leader names the leader's address.
+pub const LEADER_ADDRESS_METADATA: &str = "shoal-leader-address";
+
 fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> SessionError {
-    move |s| SessionError::Rpc { call, status: format!("{} ({:?})", s.message(), s.code()) }
+    move |s| {
+        let leader = s.metadata().get(LEADER_ADDRESS_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+        match leader {
+            Some(leader) if s.code() == tonic::Code::Unavailable && !leader.is_empty() => {
+                SessionError::Redirect { call, leader }
+            }
+            _ => SessionError::Rpc { call, status: format!("{} ({:?})", s.message(), s.code()) },
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` turns true (containers are left running), or a fatal error:
@@ -139,7 +153,7 @@ pub async fn run_agent<E: Engine>(
     if config.managers.is_empty() {
         return Err(AgentError::NoManagers);
     }
-    let endpoints =
+    let mut endpoints =
         config.managers.iter().map(|m| endpoint(m, &config).map(|e| (m.clone(), e))).collect::<Result<Vec<_>, _>>()?;
     let mut node_id = match &config.node_id {
         Some(id) => Some(id.clone()),
@@ -155,15 +169,30 @@ pub async fn run_agent<E: Engine>(
         if *shutdown.borrow() {
             break Ok(());
         }
-        let (address, endpoint) = &endpoints[index];
+        let (address, channel) = endpoints[index].clone();
         let mut established = false;
         let outcome = tokio::select! {
-            outcome = agent.session(address, endpoint, &mut node_id, &mut established) => outcome,
+            outcome = agent.session(&address, &channel, &mut node_id, &mut established) => outcome,
             _ = shutdown.changed() => break Ok(()),
         };
         match outcome {
             Ok(()) => break Ok(()),
             Err(SessionError::Fatal(e)) => break Err(e),
+            Err(SessionError::Redirect { leader, .. }) => {
+                // Straight to the leader (a manager that joined later may not be in the list).
+                index = match endpoints.iter().position(|(a, _)| *a == leader) {
+                    Some(i) => i,
+                    None => match endpoint(&leader, &agent.config) {
+                        Ok(e) => {
+                            endpoints.push((leader.clone(), e));
+                            endpoints.len() - 1
+                        }
+                        Err(_) => (index + 1) % endpoints.len(),
+                    },
+                };
+                tracing::debug!(leader = %leader, "following the leader");
+                backoff = agent.config.min_backoff;
+            }
             Err(e) => {
                 tracing::warn!(manager = %address, error = %e, "dispatcher session ended; containers keep running");
                 if established {

@@ -14,13 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_agent::engine::docker::DockerEngine;
-use shoal_agent::logs::AgentService;
-use shoal_agent::session::{run_agent, AgentConfig};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::local_agent::{LocalAgent, LocalAgentConfig};
 use crate::manager::{Manager, ManagerConfig, ManagerError};
 use crate::store::raft::StoreError;
 use crate::store::state::NodeStatus;
@@ -37,10 +32,6 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 const LOCK_RETRY: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(200));
 /// How long the address of another process's manager may take to accept a connection.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long the agent's logs endpoint may take to end: its graceful end waits for open log
-/// streams (a guest's `logs -f` through our manager), which never end by themselves.
-const LOGS_GRACE: Duration = Duration::from_secs(1);
-
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
     #[error("cannot use the state directory {}: {source}", path.display())]
@@ -71,9 +62,7 @@ pub struct Embedded {
 
 struct Running {
     manager: Manager,
-    shutdown: watch::Sender<bool>,
-    agent: JoinHandle<()>,
-    logs: JoinHandle<()>,
+    agent: LocalAgent,
     node_id: String,
 }
 
@@ -98,37 +87,19 @@ impl Embedded {
         let address = manager.address.to_string();
         write_address(state_dir, &address).await.map_err(dir_error)?;
 
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let logs_listener = TcpListener::bind("127.0.0.1:0").await.map_err(EmbeddedError::Listen)?;
-        let logs_address = logs_listener.local_addr().map_err(EmbeddedError::Listen)?;
-        let logs_service = AgentService::new(engine.clone()).for_node(node_id.clone()).into_server();
-        let mut stop = shutdown_rx.clone();
-        let logs = tokio::spawn(async move {
-            let signal = async move {
-                let _ = stop.wait_for(|s| *s).await;
-            };
-            let incoming = TcpListenerStream::new(logs_listener);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(logs_service)
-                .serve_with_incoming_shutdown(incoming, signal)
-                .await
-            {
-                tracing::error!("agent logs endpoint stopped: {e}");
-            }
-        });
-
-        let mut agent_config = AgentConfig::new(vec![address.clone()], token);
-        agent_config.node_id = Some(node_id.clone());
-        agent_config.role = "manager".into();
-        agent_config.advertise_addr = Some(logs_address.to_string());
-        let agent_shutdown = shutdown_rx.clone();
-        let agent = tokio::spawn(async move {
-            if let Err(e) = run_agent(agent_config, engine, agent_shutdown).await {
-                tracing::error!("embedded agent stopped: {e}");
-            }
-        });
-
-        let running = Running { manager, shutdown, agent, logs, node_id };
+        let agent_config = LocalAgentConfig {
+            managers: vec![address.clone()],
+            token,
+            node_id: Some(node_id.clone()),
+            node_id_file: None,
+            name: None,
+            role: "manager".into(),
+            logs_listen: "127.0.0.1:0".into(),
+            advertise_host: None,
+            labels: Vec::new(),
+        };
+        let agent = LocalAgent::start(engine, agent_config).await.map_err(EmbeddedError::Listen)?;
+        let running = Running { manager, agent, node_id };
         let embedded = Embedded { address, state_dir: state_dir.to_path_buf(), running: Some(running) };
         embedded.wait_for_agent(Duration::from_secs(15)).await?;
         Ok(embedded)
@@ -189,11 +160,8 @@ impl Embedded {
         // First, so that a guest whose request fails from here on knows why (`host_went_away`),
         // and new processes wait for the lock instead of dialing a manager about to go.
         let _ = tokio::fs::remove_file(self.state_dir.join(ADDRESS_FILE)).await;
-        running.shutdown.send_replace(true);
-        let _ = running.agent.await;
+        running.agent.shutdown().await;
         running.manager.shutdown().await;
-        // Past the grace, the logs endpoint is left to end with the process.
-        let _ = tokio::time::timeout(LOGS_GRACE, running.logs).await;
     }
 }
 

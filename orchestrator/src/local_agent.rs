@@ -14,6 +14,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 
+/// How long the logs endpoint may take to end.
+const LOGS_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub struct LocalAgent {
     shutdown: watch::Sender<bool>,
     agent: JoinHandle<Result<(), AgentError>>,
@@ -92,11 +95,11 @@ impl LocalAgent {
     /// Stops the agent; its containers keep running.
     pub async fn shutdown(self) {
         self.shutdown.send_replace(true);
-        if !self.agent.is_finished() {
-            if let Ok(Err(e)) = self.agent.await {
-                tracing::error!("local agent stopped: {e}");
-            }
+        if let Ok(Err(e)) = self.agent.await {
+            tracing::error!("local agent stopped: {e}");
         }
-        let _ = self.logs.await;
+        // The endpoint's graceful end waits for open log streams (a `logs -f` through a
+        // manager), which never end by themselves: past the grace it ends with the process.
+        let _ = tokio::time::timeout(LOGS_GRACE, self.logs).await;
     }
 }

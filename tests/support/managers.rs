@@ -272,6 +272,7 @@ impl Managers {
         let log = self.root().join("logs").join(format!("{}.{}.log", self.list[i].name, self.list[i].logs.len()));
         let manager = &self.list[i];
         let mut cmd = shoal(self.root());
+        cmd.env("SHOAL_LOG", "info").env("NO_COLOR", "1");
         cmd.arg("--state-dir").arg(&manager.state_dir);
         cmd.args(["server", "--no-agent", "--listen", &manager.addr(), "--name", &manager.name]);
         cmd.args(&self.server_args).args(extra);
@@ -417,12 +418,19 @@ fn serving_id(log: &str) -> Option<u64> {
 
 impl Drop for Managers {
     fn drop(&mut self) {
+        // The test failed: what each manager thought of the cluster, then what it logged.
+        if std::thread::panicking() {
+            for i in self.running() {
+                let status = self.status(i, true).map(|s| s.to_string()).unwrap_or_else(|e| e);
+                eprintln!("--- {} (--stale cluster status): {status}", self.list[i].name);
+            }
+        }
         for i in 0..self.list.len() {
             self.kill(i);
         }
         if std::thread::panicking() {
             for i in 0..self.list.len() {
-                eprintln!("{}", self.log_tail(i, 40));
+                eprintln!("{}", self.log_tail(i, 60));
             }
         }
     }

@@ -230,7 +230,9 @@ impl Inner {
         if status.is_leader() {
             return Ok(());
         }
-        Err(not_leader(status.leader))
+        let mut refusal = not_leader(status.leader);
+        self.name_leader(&mut refusal, status.leader);
+        Err(refusal)
     }
 
     fn touch(&self, node: &str) {
@@ -244,6 +246,16 @@ impl Inner {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    /// Adds the leader's address, so that the agent goes there directly.
+    fn name_leader(&self, status: &mut Status, leader: Option<u64>) {
+        let address = leader.and_then(|id| self.cluster.read(|s| s.managers.get(&id).map(|m| m.address.clone())));
+        if let Some(value) = address.and_then(|a| a.parse().ok()) {
+            status.metadata_mut().insert(shoal_agent::session::LEADER_ADDRESS_METADATA, value);
+        }
+    }
 }
 
 fn not_leader(leader: Option<u64>) -> Status {
@@ -486,7 +498,10 @@ async fn serve_session(inner: &Inner, node: &str, index: u64, tx: mpsc::Sender<R
             changed = view.changed() => if changed.is_err() { return },
             changed = leader.changed() => {
                 if changed.is_err() || !*leader.borrow_and_update() {
-                    let _ = tx.send(Err(not_leader(inner.cluster.raft().status().leader))).await;
+                    let leader = inner.cluster.raft().status().leader;
+                    let mut refusal = not_leader(leader);
+                    inner.name_leader(&mut refusal, leader);
+                    let _ = tx.send(Err(refusal)).await;
                     return;
                 }
                 continue;
