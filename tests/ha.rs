@@ -212,22 +212,24 @@ fn all_managers_restarted_keep_the_same_state_and_elect_a_leader() {
 /// Concurrent writes (distinct stacks) in flight while the leader is killed and restarted.
 const STRESS_WRITES: usize = 1000;
 const STRESS_WRITERS: usize = 8;
-const STRESS_KILLS: usize = 4;
+const STRESS_KILLS: usize = 8;
 
 #[test]
 fn writes_under_repeated_leader_crashes_are_each_applied_exactly_once() {
     let _machine = alone();
     let mut m = Managers::start(3, &[]);
-    let (client, hosts) = (m.client(), m.hosts());
+    let client = m.client();
+    // Each writer starts with another manager (the CLI fails over along its list).
+    let host_lists: Vec<String> = (0..3).map(|k| m.hosts_of(&[k, (k + 1) % 3, (k + 2) % 3])).collect();
     let writes = Writes::default();
     let next = AtomicUsize::new(0);
     let abort = AtomicBool::new(false);
     let started = Instant::now();
     let kills = std::thread::scope(|s| {
         let _abort = StopOnDrop(&abort);
-        for _ in 0..STRESS_WRITERS {
+        for w in 0..STRESS_WRITERS {
             let client = client.clone();
-            let (writes, next, abort, hosts) = (&writes, &next, &abort, &hosts);
+            let (writes, next, abort, hosts) = (&writes, &next, &abort, &host_lists[w % 3]);
             s.spawn(move || loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
                 if n >= STRESS_WRITES || abort.load(Ordering::SeqCst) {
