@@ -19,6 +19,8 @@ use crate::store::command::{Command, CommandResult};
 use crate::store::raft::{ProposeError, RaftHandle, RaftStatus, StateReader};
 use crate::store::state::{ClusterState, Millis};
 
+/// How often a waiting request re-checks that a majority is still reachable.
+const QUORUM_RECHECK: Duration = Duration::from_millis(100);
 /// Pause between attempts while the leadership is changing.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -101,7 +103,9 @@ impl Cluster {
             let status = self.raft.status();
             self.check_quorum(&status)?;
             let leader = match status.leader {
-                Some(_) if status.is_leader() => return Ok(self.raft.propose_batch(commands).await),
+                Some(_) if status.is_leader() => {
+                    return self.until_quorum_lost(self.raft.propose_batch(commands)).await;
+                }
                 Some(leader) => leader,
                 None => {
                     self.wait_for_leader(deadline).await?;
@@ -110,10 +114,12 @@ impl Cluster {
             };
             // Bounded by the deadline too: a leader that became unreachable mid-request would
             // otherwise hold the call until the connection's keep-alive gives up (~10 s).
-            let Ok(forwarded) = tokio::time::timeout_at(deadline, peers.forward(leader, commands.clone())).await else {
+            let forward = self.until_quorum_lost(peers.forward(leader, commands.clone()));
+            let Ok(forwarded) = tokio::time::timeout_at(deadline, forward).await else {
                 self.check_quorum(&self.raft.status())?;
                 return Err(ProposeError::Timeout(self.raft.request_timeout()).into());
             };
+            let forwarded = forwarded?;
             match forwarded {
                 Ok(response) => {
                     self.wait_applied(response.applied_index, deadline).await;
@@ -125,6 +131,26 @@ impl Cluster {
                 }
                 Err(e) => return Err(e.into()),
             }
+        }
+    }
+
+    /// Runs `request`, but answers "no quorum" as soon as this manager notices it cannot reach a
+    /// majority any more, instead of letting the request wait out its timeout. (A proposal
+    /// already in the log may still be applied if the majority comes back; writes carry request
+    /// ids or are idempotent, so a client's retry is safe.)
+    async fn until_quorum_lost<T>(&self, request: impl std::future::Future<Output = T>) -> Result<T, ClusterError> {
+        let watch_quorum = async {
+            let mut every = tokio::time::interval(QUORUM_RECHECK);
+            loop {
+                every.tick().await;
+                if let Err(e) = self.check_quorum(&self.raft.status()) {
+                    return e;
+                }
+            }
+        };
+        tokio::select! {
+            outcome = request => Ok(outcome),
+            lost = watch_quorum => Err(lost),
         }
     }
 
