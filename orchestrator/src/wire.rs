@@ -3,7 +3,7 @@
 
 use shoal_proto::v1 as pb;
 
-use crate::store::state::{DesiredState, Health, Node, ServiceId, Task, TaskState};
+use crate::store::state::{ClusterState, DesiredState, Health, Node, ServiceId, Task, TaskState};
 
 pub fn task_state(state: TaskState) -> pb::TaskState {
     match state {
@@ -92,7 +92,12 @@ pub fn task(task: &Task, container_name: String) -> pb::Task {
     }
 }
 
-pub fn node(node: &Node) -> pb::Node {
+/// A node as clients see it, with the labels its agent gave (kept apart from an operator's).
+pub fn node(state: &ClusterState, node: &Node) -> pb::Node {
+    let agent_labels = match state.node_labels.get(&node.id) {
+        Some(labels) => labels.agent.clone(),
+        None => node.labels.clone(),
+    };
     pb::Node {
         id: node.id.clone(),
         hostname: node.hostname.clone(),
@@ -107,6 +112,7 @@ pub fn node(node: &Node) -> pb::Node {
         engine_version: node.engine_version.clone(),
         address: node.address.clone().unwrap_or_default(),
         status_message: node.status_message.clone(),
+        agent_labels: agent_labels.into_iter().collect(),
     }
 }
 

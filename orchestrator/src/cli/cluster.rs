@@ -46,6 +46,14 @@ pub enum ClusterCommand {
     },
     /// Write a consistent copy of the cluster state to FILE (`shoal server --restore FILE`)
     Backup { file: PathBuf },
+    /// Change cluster-wide settings
+    Update {
+        /// When a node joins (or comes back, or is made active again), move a share of every
+        /// replicated service's tasks onto it (default: false; `shoal service rebalance` does it
+        /// for one service on demand)
+        #[arg(long, value_name = "true|false", action = clap::ArgAction::Set, required = true)]
+        rebalance_on_join: Option<bool>,
+    },
 }
 
 fn message(status: tonic::Status) -> anyhow::Error {
@@ -93,6 +101,14 @@ pub async fn run(target: &Target, args: &ClusterArgs) -> anyhow::Result<i32> {
             }
             0
         }
+        ClusterCommand::Update { rebalance_on_join } => {
+            let request = pb::UpdateClusterRequest { rebalance_on_join: *rebalance_on_join };
+            control.update_cluster(request).await.map_err(message)?;
+            if let Some(enabled) = rebalance_on_join {
+                eprintln!("rebalance-on-join is {}", if *enabled { "on" } else { "off" });
+            }
+            0
+        }
         ClusterCommand::Backup { file } => {
             let backup = control.backup(pb::BackupRequest {}).await.map_err(message)?.into_inner();
             recovery::write_backup(file, &backup.state, backup.applied_index)?;
@@ -122,6 +138,7 @@ fn print_status(status: &pb::ClusterStatusResponse) {
         "Counts:        {} stacks, {} services, {} tasks, {} nodes",
         status.stacks, status.services, status.tasks, status.nodes
     );
+    println!("Settings:      rebalance-on-join {}", if status.rebalance_on_join { "on" } else { "off" });
     println!();
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
@@ -165,6 +182,7 @@ fn status_json(status: &pb::ClusterStatusResponse) -> serde_json::Value {
         "first_log_index": status.first_log_index,
         "last_log_index": status.last_log_index,
         "counts": {"stacks": status.stacks, "services": status.services, "tasks": status.tasks, "nodes": status.nodes},
+        "settings": {"rebalance_on_join": status.rebalance_on_join},
         "managers": status.managers.iter().map(|m| serde_json::json!({
             "id": m.id,
             "name": m.name,

@@ -19,6 +19,7 @@ pub mod progress;
 pub mod ps;
 pub mod scale;
 pub mod server;
+pub mod service;
 pub mod up;
 pub mod watch;
 
@@ -97,8 +98,10 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// The control plane: status, join tokens, backups
     Cluster(cluster::ClusterArgs),
-    /// The cluster's nodes, and manager membership
+    /// The cluster's nodes: list, inspect, availability and labels; manager membership
     Node(node::NodeArgs),
+    /// The cluster's services: list them, their tasks and where they run, rebalance
+    Service(service::ServiceArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -122,6 +125,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Command::Cluster(args) => cluster::run(&target, args).await,
             Command::Node(args) => node::run(&target, args).await,
+            Command::Service(args) => service::run(&cli.project, &target, args).await,
             Command::Up(args) => up::run(&cli.project, &target, args).await,
             Command::Down(args) => down::run(&cli.project, &target, args).await,
             Command::Ps(args) => ps::run(&cli.project, &target, args).await,

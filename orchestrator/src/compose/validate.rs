@@ -3,7 +3,7 @@
 
 use super::canonical::PathWarning;
 use super::error::{did_you_mean, PathError};
-use super::model::{MountType, Project, Service};
+use super::model::{MountType, Placement, Project, Service};
 use super::path::KeyPath;
 
 type Result<T> = std::result::Result<T, PathError>;
@@ -50,6 +50,9 @@ fn check_service(project: &Project, name: &str, service: &Service, path: &KeyPat
     if let Some(mode) = service.deploy.as_ref().and_then(|d| d.mode.as_deref()) {
         check_one_of(mode, &["replicated", "global", "replicated-job", "global-job"], &path.key("deploy").key("mode"))?;
     }
+    if let Some(placement) = service.deploy.as_ref().and_then(|d| d.placement.as_ref()) {
+        check_placement(placement, &path.key("deploy").key("placement"))?;
+    }
     if let Some(condition) =
         service.deploy.as_ref().and_then(|d| d.restart_policy.as_ref()).and_then(|r| r.condition.as_deref())
     {
@@ -76,6 +79,24 @@ fn check_service(project: &Project, name: &str, service: &Service, path: &KeyPat
         if let Some(mode) = &port.mode {
             check_one_of(mode, &["ingress", "host"], &path.key("ports").index(i).key("mode"))?;
         }
+    }
+    Ok(())
+}
+
+/// Constraints and spread preferences the scheduler can read (it would otherwise keep the
+/// service's tasks pending with the same message).
+fn check_placement(placement: &Placement, path: &KeyPath) -> Result<()> {
+    use crate::scheduler::{constraints::Constraint, preferences::spread_of_one};
+    for (i, text) in placement.constraints.iter().enumerate() {
+        Constraint::parse(text).map_err(|e| {
+            PathError::new(path.key("constraints").index(i), e.to_string())
+                .with_hint("for example node.labels.zone==east or node.role!=manager")
+        })?;
+    }
+    for (i, preference) in placement.preferences.iter().enumerate() {
+        let path = path.key("preferences").index(i).key("spread");
+        spread_of_one(&preference.spread)
+            .map_err(|e| PathError::new(path, e.to_string()).with_hint("for example spread: node.labels.zone"))?;
     }
     Ok(())
 }
@@ -147,6 +168,28 @@ fn check_pull_policy(value: &str, path: &KeyPath) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::compose::model::PlacementPreference;
+
+    #[test]
+    fn placement_constraints_and_preferences_must_be_readable() {
+        let path = KeyPath::root().key("deploy").key("placement");
+        let spread = |s: &str| PlacementPreference { spread: s.into() };
+        let good = Placement {
+            constraints: vec!["node.labels.zone==east".into(), "node.role != manager".into()],
+            preferences: vec![spread("node.labels.zone")],
+            max_replicas_per_node: None,
+        };
+        assert_eq!(check_placement(&good, &path), Ok(()));
+        let typo =
+            Placement { constraints: vec!["node.role==worker".into(), "node.labels.zone=east".into()], ..good.clone() };
+        let e = check_placement(&typo, &path).unwrap_err();
+        assert_eq!(e.path.to_string(), "deploy.placement.constraints[1]");
+        assert!(e.message.ends_with("(did you mean node.labels.zone==east?)"), "{}", e.message);
+        let unknown = Placement { preferences: vec![spread("node.labels.zone"), spread("datacenter")], ..good };
+        let e = check_placement(&unknown, &path).unwrap_err();
+        assert_eq!(e.path.to_string(), "deploy.placement.preferences[1].spread");
+        assert!(e.message.starts_with("invalid placement preference \"spread: datacenter\""), "{}", e.message);
+    }
 
     #[test]
     fn pull_policy_refresh_takes_days_and_weeks() {

@@ -13,9 +13,11 @@ use crate::store::state::{ClusterState, ManagerInfo};
 
 pub async fn status(cluster: &Cluster, stale: bool) -> Result<pb::ClusterStatusResponse, Status> {
     let counts = |s: &ClusterState| {
-        (s.nodes.len() as u32, s.services.len() as u32, s.tasks.len() as u32, s.stacks.len() as u32, s.managers.clone())
+        let counts = (s.nodes.len() as u32, s.services.len() as u32, s.tasks.len() as u32, s.stacks.len() as u32);
+        (counts, s.managers.clone(), s.settings.rebalance_on_join)
     };
-    let (nodes, services, tasks, stacks, known) = cluster.read_consistent(stale, counts).await.map_err(status_of)?;
+    let ((nodes, services, tasks, stacks), known, rebalance_on_join) =
+        cluster.read_consistent(stale, counts).await.map_err(status_of)?;
     let raft = cluster.raft().status();
     let mut ids: Vec<u64> = raft.membership.voters.iter().chain(&raft.membership.learners).copied().collect();
     ids.sort_unstable();
@@ -38,6 +40,7 @@ pub async fn status(cluster: &Cluster, stale: bool) -> Result<pb::ClusterStatusR
         snapshot_index: raft.snapshot_index,
         first_log_index: raft.first_index,
         last_log_index: raft.last_index,
+        rebalance_on_join,
     })
 }
 

@@ -5,6 +5,7 @@
 mod cluster;
 mod deploy;
 mod logs;
+mod nodes;
 mod watch;
 
 use std::pin::Pin;
@@ -207,7 +208,7 @@ impl pb::control_server::Control for ControlService {
         let stale = request.into_inner().stale;
         let nodes = self
             .cluster
-            .read_consistent(stale, |s| s.nodes.values().map(wire::node).collect())
+            .read_consistent(stale, |s| s.nodes.values().map(|n| wire::node(s, n)).collect())
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::ListNodesResponse { nodes }))
@@ -237,6 +238,51 @@ impl pb::control_server::Control for ControlService {
     ) -> Result<Response<pb::UpdateManagerResponse>, Status> {
         let message = cluster::update_manager(&self.cluster, request.into_inner()).await?;
         Ok(Response::new(pb::UpdateManagerResponse { message }))
+    }
+
+    async fn update_node(
+        &self,
+        request: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::UpdateNodeResponse>, Status> {
+        let node = nodes::update_node(&self.cluster, request.into_inner()).await?;
+        Ok(Response::new(pb::UpdateNodeResponse { node: Some(node) }))
+    }
+
+    async fn rebalance_service(
+        &self,
+        request: Request<pb::RebalanceServiceRequest>,
+    ) -> Result<Response<pb::RebalanceServiceResponse>, Status> {
+        let service = request
+            .into_inner()
+            .service
+            .as_ref()
+            .map(wire::service_id)
+            .ok_or_else(|| Status::invalid_argument("no service named"))?;
+        let mode = self.cluster.read_linearizable(|s| s.services.get(&service).map(|r| r.mode)).await;
+        match mode.map_err(status_of)? {
+            None => return Err(Status::not_found(format!("no such service: {service}"))),
+            Some(ServiceMode::Global | ServiceMode::GlobalJob) => {
+                return Err(Status::failed_precondition(format!(
+                    "{service} is a global service: it runs one task per node, there is nothing to rebalance"
+                )))
+            }
+            Some(_) => {}
+        }
+        let command = Command::RebalanceService { service, at: crate::manager::cluster::now() };
+        self.cluster.propose(command).await.map_err(status_of)?;
+        Ok(Response::new(pb::RebalanceServiceResponse {}))
+    }
+
+    async fn update_cluster(
+        &self,
+        request: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::UpdateClusterResponse>, Status> {
+        let request = request.into_inner();
+        let Some(enabled) = request.rebalance_on_join else {
+            return Err(Status::invalid_argument("nothing to update: give --rebalance-on-join true|false"));
+        };
+        self.cluster.propose(Command::SetRebalanceOnJoin { enabled }).await.map_err(status_of)?;
+        Ok(Response::new(pb::UpdateClusterResponse {}))
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;

@@ -1,6 +1,6 @@
 //! The leader's orchestration loop: after every change (and on a short tick, for restart delays
-//! and heartbeat deadlines) run the reconciler and the scheduler over the current state and
-//! propose what they decide. Followers idle; a new leader picks up where the old one stopped,
+//! and heartbeat deadlines) run the reconciler, the scheduler and rebalancing (for services that
+//! asked for it) over the current state and propose what they decide. Followers idle; a new leader picks up where the old one stopped,
 //! because the decisions depend only on the replicated state.
 
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::cluster::{now, Cluster};
 use crate::reconciler::reconcile;
+use crate::scheduler::rebalance::rebalance_all;
 use crate::scheduler::schedule;
 
 /// How often the loop runs without a change (time-based decisions: restart delays).
@@ -34,6 +35,9 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
         let commands = cluster.read(|state| {
             let mut commands = reconcile(state, at);
             commands.extend(schedule(state, at));
+            // Moves start only for settled services, where reconcile and schedule have nothing
+            // to do, so deciding them from the same snapshot cannot conflict.
+            commands.extend(rebalance_all(state, at));
             commands
         });
         if commands.is_empty() {

@@ -5,9 +5,12 @@
 //! on the leader after every change; applying its output and running it again converges.
 //!
 //! Rules, per service:
-//! - replicated: slots `1..=replicas` each hold one task that should run; slots above are
-//!   removed (so scaling down removes the highest slots first);
-//! - global: one task per eligible node (ready and active), pinned to it;
+//! - replicated: `replicas` slots each hold one task that should run — normally `1..=replicas`;
+//!   scaling down removes the highest slots, scaling up fills the lowest free ones (after a
+//!   rebalancing move, a replica lives in the slot its start-first replacement took);
+//! - global: one task per eligible node (ready and active), pinned to it; a paused node keeps
+//!   the task it has;
+//! - a replica on a drained node moves: it is removed and its slot's new task placed elsewhere;
 //! - a task made from an older configuration (hash changed, or `--force-recreate`) is removed
 //!   and a new one created in its slot — the scheduler starts it once the old container is gone;
 //! - a finished task is replaced per the restart policy; a task whose node went down always is;
@@ -106,32 +109,89 @@ fn is_outdated(task: &Task, service: &ServiceRecord) -> bool {
 
 fn reconcile_replicated(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
     let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+    // Start-first replacements (rebalancing moves) are extra containers of replicas that still
+    // run: not counted, not restarted here; `scheduler::rebalance` sees them through.
+    let mut surge_slots: BTreeSet<u64> = BTreeSet::new();
     for task in state.service_tasks(&service.id).filter(|t| is_wanted(t)) {
-        slots.entry(task.slot).or_default().push(task);
+        if state.is_surge(task) {
+            surge_slots.insert(task.slot);
+        } else {
+            slots.entry(task.slot).or_default().push(task);
+        }
+    }
+    // Slot 0 is left over from global mode.
+    for task in slots.remove(&0).unwrap_or_default() {
+        plan.remove.insert(task.id);
+    }
+    // Scaling down removes the highest slots first. Slots need not be 1..=replicas: a finished
+    // move leaves its replica in the slot its replacement took.
+    let wanted = usize::try_from(service.replicas).unwrap_or(usize::MAX);
+    while slots.len() > wanted {
+        for task in slots.pop_last().map(|(_, tasks)| tasks).unwrap_or_default() {
+            plan.remove.insert(task.id);
+        }
     }
     let policy = RestartPolicy::of(&service.spec);
-    for slot in 1..=service.replicas {
-        let tasks = slots.remove(&slot).unwrap_or_default();
-        reconcile_slot(service, &policy, slot, None, &tasks, plan);
+    for (slot, tasks) in &slots {
+        if let Some(task) = on_drained_node(state, tasks) {
+            // Drain: the replica moves. Its replacement keeps the slot (and so the container
+            // name): the scheduler places it once this container is gone.
+            plan.remove.extend(tasks.iter().map(|t| t.id));
+            plan.create.push(NewTask {
+                service: service.id.clone(),
+                slot: *slot,
+                node: None,
+                restarts: task.restarts,
+                not_before: 0,
+            });
+            continue;
+        }
+        reconcile_slot(service, &policy, *slot, None, tasks, plan);
     }
-    // Slots beyond the replica count (scale down), and slot 0 left over from global mode.
-    for task in slots.into_values().flatten() {
-        plan.remove.insert(task.id);
+    // Scaling up fills the lowest free slots.
+    let free = (1..).filter(|s| !slots.contains_key(s) && !surge_slots.contains(s));
+    for slot in free.take(wanted.saturating_sub(slots.len())) {
+        reconcile_slot(service, &policy, slot, None, &[], plan);
     }
 }
 
+/// The slot's newest task, if it holds (or is about to hold) a container on a drained node and
+/// no rebalancing move is already taking it elsewhere.
+fn on_drained_node<'a>(state: &ClusterState, tasks: &[&'a Task]) -> Option<&'a Task> {
+    let newest = *tasks.iter().max_by_key(|t| t.id)?;
+    let node = state.nodes.get(newest.node.as_deref()?)?;
+    let drained = node.availability == Availability::Drain && newest.state.is_active();
+    let moving = || state.tasks.values().any(|t| t.replaces == Some(newest.id) && is_wanted(t));
+    (drained && !moving()).then_some(newest)
+}
+
 fn reconcile_global(state: &ClusterState, service: &ServiceRecord, plan: &mut Plan) {
+    // Malformed constraints match no node; the loader reports them before they get here.
+    let constraints = crate::scheduler::constraints::constraints_of(&service.spec).ok();
+    let fits = |n: &&crate::store::state::Node| {
+        n.status == NodeStatus::Ready && constraints.as_ref().is_some_and(|c| c.iter().all(|c| c.matches(n)))
+    };
     let eligible: BTreeSet<&str> = state
         .nodes
         .values()
-        .filter(|n| n.status == NodeStatus::Ready && n.availability == Availability::Active)
-        .filter(|n| crate::scheduler::constraints::node_matches(&service.spec, n))
+        .filter(fits)
+        .filter(|n| n.availability == Availability::Active)
+        .map(|n| n.id.as_str())
+        .collect();
+    // A paused node keeps the task it has, but gets none it does not have.
+    let paused: BTreeSet<&str> = state
+        .nodes
+        .values()
+        .filter(fits)
+        .filter(|n| n.availability == Availability::Pause)
         .map(|n| n.id.as_str())
         .collect();
     let mut by_node: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
     for task in state.service_tasks(&service.id).filter(|t| is_wanted(t)) {
         match task.node.as_deref() {
-            Some(node) if eligible.contains(node) && task.slot == 0 => by_node.entry(node).or_default().push(task),
+            Some(node) if (eligible.contains(node) || paused.contains(node)) && task.slot == 0 => {
+                by_node.entry(node).or_default().push(task)
+            }
             // Its node was drained, went down or no longer fits: the task goes.
             _ => {
                 plan.remove.insert(task.id);
@@ -141,6 +201,9 @@ fn reconcile_global(state: &ClusterState, service: &ServiceRecord, plan: &mut Pl
     let policy = RestartPolicy::of(&service.spec);
     for node in eligible {
         let tasks = by_node.remove(node).unwrap_or_default();
+        reconcile_slot(service, &policy, 0, Some(node), &tasks, plan);
+    }
+    for (node, tasks) in by_node {
         reconcile_slot(service, &policy, 0, Some(node), &tasks, plan);
     }
 }

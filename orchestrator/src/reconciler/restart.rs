@@ -97,6 +97,7 @@ mod tests {
             not_before: 0,
             created_at: 0,
             updated_at: 1_000,
+            replaces: None,
         }
     }
 

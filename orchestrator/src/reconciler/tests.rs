@@ -167,6 +167,66 @@ fn global_services_follow_nodes() {
     assert_eq!(nodes, ["b", "c"]);
 }
 
+fn nodes_of(state: &ClusterState, service: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for t in live(state, service) {
+        *counts.entry(t.node.clone().unwrap_or_default()).or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn replicas_on_a_drained_node_move_once_their_containers_are_gone() {
+    let mut state = state_with(&["a", "b", "c"], &[("web", "image: x", 6)]);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    let on_a: Vec<(u64, u64)> =
+        live(&state, "web").iter().filter(|t| t.node.as_deref() == Some("a")).map(|t| (t.id, t.slot)).collect();
+    assert_eq!(on_a.len(), 2);
+    state.apply(Command::SetNodeAvailability { node: "a".into(), availability: Availability::Drain, at: 1 });
+    converge(&mut state, 1);
+    for (id, slot) in &on_a {
+        assert_eq!(state.tasks[id].desired, DesiredState::Remove, "the drained node's task goes");
+        let replacement = live(&state, "web").into_iter().find(|t| t.slot == *slot).expect("a replacement");
+        assert_eq!(replacement.state, TaskState::Pending, "placed only once the old container is gone");
+        assert!(replacement.message.contains("previous container"), "{}", replacement.message);
+    }
+    // The agent removes the drained node's containers; the replacements go to the other nodes.
+    agents_run_everything(&mut state);
+    converge(&mut state, 2);
+    agents_run_everything(&mut state);
+    converge(&mut state, 2);
+    assert_eq!(nodes_of(&state, "web"), BTreeMap::from([("b".to_string(), 3), ("c".to_string(), 3)]));
+    assert!(live(&state, "web").iter().all(|t| t.state == TaskState::Running));
+    assert!(state.node_tasks("a").next().is_none(), "nothing is left on the drained node");
+    // Active again: it takes new tasks (existing ones stay where they are).
+    state.apply(Command::SetNodeAvailability { node: "a".into(), availability: Availability::Active, at: 3 });
+    state.apply(Command::ScaleService { service: ServiceId::new("p", "web"), replicas: 8, at: 3 });
+    converge(&mut state, 3);
+    assert_eq!(nodes_of(&state, "web").get("a"), Some(&2));
+}
+
+#[test]
+fn a_paused_node_keeps_its_tasks_and_takes_no_new_ones() {
+    let mut state =
+        state_with(&["a", "b"], &[("web", "image: x", 2), ("agent", "{image: x, deploy: {mode: global}}", 0)]);
+    converge(&mut state, 0);
+    agents_run_everything(&mut state);
+    let before: Vec<u64> = state.node_tasks("a").map(|t| t.id).collect();
+    assert_eq!(before.len(), 2, "one replica and the global task");
+    state.apply(Command::SetNodeAvailability { node: "a".into(), availability: Availability::Pause, at: 1 });
+    converge(&mut state, 1);
+    let kept: Vec<u64> = state.node_tasks("a").filter(|t| t.desired == DesiredState::Running).map(|t| t.id).collect();
+    assert_eq!(kept, before, "the paused node keeps its tasks, the global one included");
+    state.apply(Command::ScaleService { service: ServiceId::new("p", "web"), replicas: 4, at: 2 });
+    converge(&mut state, 2);
+    assert_eq!(nodes_of(&state, "web"), BTreeMap::from([("a".to_string(), 1), ("b".to_string(), 3)]));
+    state.apply(Command::RegisterNode { node: Box::new(crate::scheduler::tests::node("c")) });
+    state.apply(Command::SetNodeAvailability { node: "c".into(), availability: Availability::Pause, at: 3 });
+    converge(&mut state, 3);
+    assert!(state.node_tasks("c").next().is_none(), "a paused node gets no global task it did not have");
+}
+
 #[test]
 fn removing_a_stack_removes_everything_then_forgets_it() {
     let mut state = state_with(&["n1"], &[("web", "image: x", 2), ("db", "image: d", 1)]);

@@ -3,48 +3,68 @@
 //! A pure, deterministic function over a snapshot of the state. For each pending task, in
 //! (service, slot, id) order: hold it while its dependencies are unmet, its restart delay runs
 //! or the previous container of its slot still exists; otherwise filter the nodes (ready,
-//! active, constraints, reservations, host ports, max replicas per node) and rank the survivors
-//! (fewest tasks of this service, then fewest tasks in total, then most free memory, then id).
-//! Placements within one call see each other, so a batch spreads. A task that stays pending
-//! gets a reason: "0 of 3 nodes fit: 2 lack 512MiB memory, 1 fails constraint ...".
+//! active, constraints, reservations, host ports, max replicas per node) and rank the survivors:
+//! spread over the values of each placement preference in turn (the group with the fewest of
+//! the service's tasks first), then fewest tasks of this service, then fewest tasks in total,
+//! then most free memory, then id. Placements within one call see each other, so a batch
+//! spreads. A task that stays pending gets a reason: "0 of 3 nodes fit: 2 lack 512MiB memory,
+//! 1 fails constraint node.labels.zone==east".
+//!
+//! The work per service is O((tasks + nodes) × log nodes), see `candidates.rs`.
 
+mod candidates;
 pub mod constraints;
 pub mod dependencies;
 mod fit;
+pub mod preferences;
+pub mod rebalance;
+mod tree;
+mod view;
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use crate::store::command::Command;
-use crate::store::state::{ClusterState, DesiredState, Millis, NodeId, ServiceId, Task, TaskId, TaskState};
+use crate::store::state::{
+    ClusterState, DesiredState, Millis, NodeId, ServiceId, ServiceRecord, Task, TaskId, TaskState,
+};
 
-use fit::{NodeLoad, Rejection};
+use candidates::{Candidates, Check};
+use view::View;
 
 /// Assignments for the tasks that can be placed now, and updated reasons for those that cannot.
 pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
-    let mut loads = fit::current_loads(state);
+    let mut view = View::new(state);
+    let holders = ContainerHolders::new(state);
     let mut assignments: Vec<(TaskId, NodeId)> = Vec::new();
     let mut messages: Vec<(TaskId, String)> = Vec::new();
-    let mut blocked_services: BTreeMap<&ServiceId, Option<String>> = BTreeMap::new();
 
     let mut pending: Vec<&Task> =
         state.tasks.values().filter(|t| t.state == TaskState::Pending && t.desired == DesiredState::Running).collect();
     pending.sort_by(|a, b| (&a.service, a.slot, a.id).cmp(&(&b.service, b.slot, b.id)));
 
+    // Pending tasks come grouped by service: what is worked out for a service is kept until the
+    // next one starts.
+    let mut pass: Option<ServicePass> = None;
     for task in pending {
         let Some(service) = state.services.get(&task.service) else { continue };
-        let waiting =
-            blocked_services.entry(&task.service).or_insert_with(|| dependencies::waiting_for(state, service)).clone();
-        let reason = if let Some(reason) = waiting {
-            Some(reason)
+        let pass = match &mut pass {
+            Some(p) if p.service.id == task.service => p,
+            other => other.insert(ServicePass {
+                service,
+                waiting: dependencies::waiting_for(state, service),
+                candidates: None,
+            }),
+        };
+        let reason = if let Some(reason) = &pass.waiting {
+            Some(reason.clone())
         } else if task.not_before > now {
             Some(format!("restarting (attempt {}) after a delay", task.restarts))
-        } else if let Some(previous) = previous_container(state, task) {
+        } else if let Some(previous) = holders.previous(task) {
             Some(format!("waiting for the previous container of this replica (task {previous}) to be removed"))
         } else {
-            match place(state, service, task, &loads) {
-                Ok(node) => {
-                    loads.entry(node.clone()).or_default().add(&task.service, &service.spec);
-                    assignments.push((task.id, node));
+            match pass.place(&mut view, task) {
+                Ok(position) => {
+                    assignments.push((task.id, view.nodes[position].id.clone()));
                     None
                 }
                 Err(reason) => Some(reason),
@@ -67,59 +87,61 @@ pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
     commands
 }
 
-/// A container of the same replica (or, for global services, the same node) that has not been
-/// removed yet: it holds the container name the new task needs.
-fn previous_container(state: &ClusterState, task: &Task) -> Option<TaskId> {
-    state
-        .service_tasks(&task.service)
-        .find(|other| {
-            other.id != task.id
-                && other.slot == task.slot
-                && (task.slot != 0 || other.node == task.node)
-                && other.node.is_some()
-                && !matches!(other.state, TaskState::Pending | TaskState::Removed | TaskState::Orphaned)
-        })
-        .map(|t| t.id)
+/// What the scheduler works out once per service.
+struct ServicePass<'a> {
+    service: &'a ServiceRecord,
+    /// Why its tasks cannot start yet (dependencies).
+    waiting: Option<String>,
+    /// Built when the first task reaches placement; `Err` if its placement settings are invalid.
+    candidates: Option<Result<Candidates, String>>,
 }
 
-/// The best node for `task`, or the reason no node fits.
-fn place(
-    state: &ClusterState,
-    service: &crate::store::state::ServiceRecord,
-    task: &Task,
-    loads: &BTreeMap<NodeId, NodeLoad>,
-) -> Result<NodeId, String> {
-    let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
-    let mut best: Option<(fit::Rank, &NodeId)> = None;
-    let candidates: Vec<_> = match &task.node {
-        Some(pinned) => state.nodes.get(pinned).into_iter().collect(),
-        None => state.nodes.values().collect(),
-    };
-    if candidates.is_empty() {
-        return Err(match &task.node {
-            Some(pinned) => format!("its node {pinned} is gone"),
-            None => "no nodes are available".to_string(),
-        });
-    }
-    for node in &candidates {
-        let empty = NodeLoad::default();
-        let load = loads.get(&node.id).unwrap_or(&empty);
-        match fit::check(node, load, service) {
-            Err(rejection) => *rejections.entry(rejection).or_default() += 1,
-            Ok(()) => {
-                let rank = fit::rank(node, load, &task.service);
-                if best.as_ref().is_none_or(|(b, _)| rank < *b) {
-                    best = Some((rank, &node.id));
+impl ServicePass<'_> {
+    /// Places `task` and records it in `view`: the node's position, or why no node fits.
+    fn place(&mut self, view: &mut View, task: &Task) -> Result<usize, String> {
+        let pinned = match task.node.as_deref() {
+            Some(node) => Some(*view.position.get(node).ok_or_else(|| format!("its node {node} is gone"))?),
+            None if view.nodes.is_empty() => return Err("no nodes are available".to_string()),
+            None => None,
+        };
+        let candidates = self.candidates.get_or_insert_with(|| Candidates::new(view, self.service, Check::Lazily));
+        let candidates = candidates.as_mut().map_err(|reason| reason.clone())?;
+        let position = match pinned {
+            Some(position) => {
+                let rejection = candidates.check(view, position).err();
+                if let Some(rejection) = rejection {
+                    return Err(fit::summarize(1, &[(rejection, 1)].into_iter().collect()));
                 }
+                position
             }
-        }
+            None => candidates.next(view)?,
+        };
+        view.add(position, &self.service.id, &candidates.requirements);
+        candidates.placed(view, position);
+        Ok(position)
     }
-    match best {
-        Some((_, node)) => Ok(node.clone()),
-        None => {
-            let parts: Vec<String> = rejections.iter().map(|(r, n)| format!("{n} {}", r.describe(*n))).collect();
-            Err(format!("0 of {} nodes fit: {}", candidates.len(), parts.join(", ")))
+}
+
+/// Tasks that hold a container (placed, not yet removed), by service and slot.
+struct ContainerHolders<'a>(HashMap<(&'a ServiceId, u64), Vec<&'a Task>>);
+
+impl<'a> ContainerHolders<'a> {
+    fn new(state: &'a ClusterState) -> Self {
+        let mut holders: HashMap<(&ServiceId, u64), Vec<&Task>> = HashMap::new();
+        let holding = |t: &&Task| {
+            t.node.is_some() && !matches!(t.state, TaskState::Pending | TaskState::Removed | TaskState::Orphaned)
+        };
+        for task in state.tasks.values().filter(holding) {
+            holders.entry((&task.service, task.slot)).or_default().push(task);
         }
+        ContainerHolders(holders)
+    }
+
+    /// A container of the same replica (or, for global services, the same node) that has not
+    /// been removed yet: it holds the container name the new task needs.
+    fn previous(&self, task: &Task) -> Option<TaskId> {
+        let same_slot = self.0.get(&(&task.service, task.slot))?;
+        same_slot.iter().find(|other| other.id != task.id && (task.slot != 0 || other.node == task.node)).map(|t| t.id)
     }
 }
 

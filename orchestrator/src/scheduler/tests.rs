@@ -1,5 +1,7 @@
 //! Scheduler and shared test fixtures (also used by the reconciler's tests).
 
+use std::collections::BTreeMap;
+
 use super::*;
 use crate::compose::model::Service;
 use crate::store::command::{Command, NewTask, ServiceDeployment};
@@ -235,7 +237,7 @@ fn reports_why_no_node_fits() {
     converge(&mut state, 0);
     let pending: Vec<_> = tasks_of(&state, "db").into_iter().filter(|t| t.state == TaskState::Pending).collect();
     assert_eq!(pending.len(), 1);
-    assert_eq!(pending[0].message, "0 of 3 nodes fit: 1 fails constraint node.labels.zone==east, 2 lack 6 GiB memory");
+    assert_eq!(pending[0].message, "0 of 3 nodes fit: 2 lack 6GiB memory, 1 fails constraint node.labels.zone==east");
 }
 
 #[test]
@@ -293,3 +295,6 @@ fn pending_new_task_helper_keeps_slots_unique() {
     });
     assert!(again.created_tasks.is_empty(), "a slot holds one live task");
 }
+
+mod placement;
+mod properties;

@@ -2,11 +2,13 @@
 //! log order by every manager. Application is deterministic: no clocks, no randomness, no I/O —
 //! timestamps travel in the command (`at`), ids come from counters in the state.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::state::{
-    Availability, ClusterState, DesiredState, Health, JoinTokens, ManagerInfo, Millis, Node, NodeId, NodeStatus,
-    ServiceId, ServiceMode, ServiceRecord, Stack, Task, TaskId, TaskState,
+    Availability, ClusterState, DesiredState, Health, JoinTokens, ManagerInfo, Millis, Node, NodeId, NodeLabels,
+    NodeStatus, ServiceId, ServiceMode, ServiceRecord, Stack, Task, TaskId, TaskState,
 };
 use crate::compose::model::Service;
 
@@ -94,6 +96,31 @@ pub enum Command {
         replicas: u64,
         at: Millis,
     },
+    /// `service rebalance`: spread the service's running tasks over the nodes again. Sets the
+    /// service's `rebalance_requested`; the leader then moves one task at a time, start-first,
+    /// until the spread is even (`scheduler/rebalance.rs`). Only replicated services.
+    RebalanceService {
+        service: ServiceId,
+        at: Millis,
+    },
+    /// `cluster update --rebalance-on-join`: whether a node that becomes ready (or active again)
+    /// gets a share of the running replicated services: every one is asked to rebalance.
+    SetRebalanceOnJoin {
+        enabled: bool,
+    },
+    /// A rebalancing move (issued by the leader): start a replacement of running `task` on
+    /// `node`, in a new slot; the old task is removed once the replacement runs.
+    MoveTask {
+        task: TaskId,
+        node: NodeId,
+        at: Millis,
+    },
+    /// The service is balanced (issued by the leader): clears its `rebalance_requested`, unless
+    /// it was asked again since the leader saw `requests` requests.
+    RebalanceFinished {
+        service: ServiceId,
+        requests: u64,
+    },
     /// Drop records whose tasks are all gone (issued by the reconciler).
     ForgetServices {
         services: Vec<ServiceId>,
@@ -114,6 +141,14 @@ pub enum Command {
     SetNodeAvailability {
         node: NodeId,
         availability: Availability,
+        at: Millis,
+    },
+    /// `node update --label-add/--label-rm`: operator labels, which win over the agent's and
+    /// outlive its re-registrations (see `NodeLabels`). Removals apply first, then additions.
+    UpdateNodeLabels {
+        node: NodeId,
+        add: BTreeMap<String, String>,
+        remove: Vec<String>,
         at: Millis,
     },
     CreateTasks {
@@ -171,7 +206,7 @@ pub struct CommandResult {
 }
 
 impl CommandResult {
-    fn error(message: impl Into<String>) -> Self {
+    pub(super) fn error(message: impl Into<String>) -> Self {
         CommandResult { error: Some(message.into()), ..CommandResult::default() }
     }
 }
@@ -220,6 +255,13 @@ impl ClusterState {
                 }
                 _ => CommandResult::error(format!("no such service: {service}")),
             },
+            Command::RebalanceService { service, at: _ } => self.request_rebalance(&service),
+            Command::SetRebalanceOnJoin { enabled } => {
+                self.settings.rebalance_on_join = enabled;
+                CommandResult::default()
+            }
+            Command::MoveTask { task, node, at } => self.move_task(task, node, at),
+            Command::RebalanceFinished { service, requests } => self.finish_rebalance(&service, requests),
             Command::ForgetServices { services } => {
                 for id in services {
                     let has_tasks = self.tasks.values().any(|t| t.service == id);
@@ -239,7 +281,13 @@ impl ClusterState {
                 CommandResult::default()
             }
             Command::RegisterNode { node } => {
-                let node = *node;
+                let mut node = *node;
+                let (id, took) = (node.id.clone(), self.takes_tasks(&node.id));
+                // The agent's labels, with the operator's changes (if any) applied over them.
+                if let Some(labels) = self.node_labels.get_mut(&node.id) {
+                    labels.agent = std::mem::take(&mut node.labels);
+                    node.labels = labels.effective();
+                }
                 match self.nodes.get_mut(&node.id) {
                     // A returning node keeps the availability an operator set.
                     Some(existing) => {
@@ -250,17 +298,49 @@ impl ClusterState {
                         self.nodes.insert(node.id.clone(), node);
                     }
                 }
+                self.node_changed(&id, took);
                 CommandResult::default()
             }
-            Command::SetNodeStatus { node, status, message, at } => self.with_node(&node, |n| {
-                n.status = status;
-                n.status_message = message;
-                n.updated_at = at;
-            }),
-            Command::SetNodeAvailability { node, availability, at } => self.with_node(&node, |n| {
-                n.availability = availability;
-                n.updated_at = at;
-            }),
+            Command::UpdateNodeLabels { node, add, remove, at } => {
+                let Some(existing) = self.nodes.get_mut(&node) else {
+                    return CommandResult::error(format!("no such node: {node}"));
+                };
+                // Before the first change, the node's labels are all its agent's.
+                let labels = self
+                    .node_labels
+                    .entry(node)
+                    .or_insert_with(|| NodeLabels { agent: existing.labels.clone(), ..NodeLabels::default() });
+                for key in remove {
+                    labels.added.remove(&key);
+                    labels.removed.insert(key);
+                }
+                for (key, value) in add {
+                    labels.removed.remove(&key);
+                    labels.added.insert(key, value);
+                }
+                existing.labels = labels.effective();
+                existing.updated_at = at;
+                CommandResult::default()
+            }
+            Command::SetNodeStatus { node, status, message, at } => {
+                let took = self.takes_tasks(&node);
+                let result = self.with_node(&node, |n| {
+                    n.status = status;
+                    n.status_message = message;
+                    n.updated_at = at;
+                });
+                self.node_changed(&node, took);
+                result
+            }
+            Command::SetNodeAvailability { node, availability, at } => {
+                let took = self.takes_tasks(&node);
+                let result = self.with_node(&node, |n| {
+                    n.availability = availability;
+                    n.updated_at = at;
+                });
+                self.node_changed(&node, took);
+                result
+            }
             Command::CreateTasks { tasks, at } => self.create_tasks(tasks, at),
             Command::AssignTasks { assignments, at } => {
                 for (id, node) in assignments {
@@ -375,6 +455,8 @@ impl ClusterState {
                             removing: false,
                             created_at: at,
                             updated_at: at,
+                            rebalance_requested: false,
+                            rebalance_requests: 0,
                         },
                     );
                 }
@@ -441,55 +523,62 @@ impl ClusterState {
     }
 
     fn create_tasks(&mut self, tasks: Vec<NewTask>, at: Millis) -> CommandResult {
+        // Never two live tasks in one slot: a reconciler decision made on stale state is
+        // dropped rather than doubling a replica. (A set, not a scan per new task: deploying
+        // thousands of replicas at once stays linear.)
+        let live_slot = |t: &Task| (t.service.clone(), t.slot, if t.slot == 0 { t.node.clone() } else { None });
+        let mut occupied: std::collections::HashSet<(ServiceId, u64, Option<NodeId>)> = self
+            .tasks
+            .values()
+            .filter(|t| t.desired == DesiredState::Running && !t.state.is_terminal())
+            .map(live_slot)
+            .collect();
         let mut created = Vec::new();
         for new in tasks {
-            let Some(service) = self.services.get(&new.service) else { continue };
-            if service.removing {
+            let slot = (new.service.clone(), new.slot, if new.slot == 0 { new.node.clone() } else { None });
+            if occupied.contains(&slot) {
                 continue;
             }
-            // Never two live tasks in one slot: a reconciler decision made on stale state is
-            // dropped rather than doubling a replica.
-            let occupied = self.tasks.values().any(|t| {
-                t.service == new.service
-                    && t.desired == DesiredState::Running
-                    && !t.state.is_terminal()
-                    && t.slot == new.slot
-                    && (new.slot != 0 || t.node == new.node)
-            });
-            if occupied {
-                continue;
+            if let Some(id) = self.insert_task(new, None, at) {
+                occupied.insert(slot);
+                created.push(id);
             }
-            self.next_task_id += 1;
-            let id = self.next_task_id;
-            // Even a pinned task (global service) starts pending: the scheduler still checks
-            // its dependencies and the node's fit before it runs.
-            let state = TaskState::Pending;
-            self.tasks.insert(
-                id,
-                Task {
-                    id,
-                    service: new.service,
-                    slot: new.slot,
-                    desired: DesiredState::Running,
-                    state,
-                    node: new.node,
-                    container_id: None,
-                    exit_code: None,
-                    health: None,
-                    ports: Vec::new(),
-                    message: String::new(),
-                    cleanup_errors: Vec::new(),
-                    config_hash: service.config_hash.clone(),
-                    service_version: service.version,
-                    restarts: new.restarts,
-                    not_before: new.not_before,
-                    created_at: at,
-                    updated_at: at,
-                },
-            );
-            created.push(id);
         }
         CommandResult { created_tasks: created, error: None }
+    }
+
+    /// A new pending task made from its service's current spec; `None` if the service is gone
+    /// or being removed.
+    pub(super) fn insert_task(&mut self, new: NewTask, replaces: Option<TaskId>, at: Millis) -> Option<TaskId> {
+        let service = self.services.get(&new.service).filter(|s| !s.removing)?;
+        let (config_hash, service_version) = (service.config_hash.clone(), service.version);
+        self.next_task_id += 1;
+        let id = self.next_task_id;
+        // Even a pinned task (global service) starts pending: the scheduler still checks its
+        // dependencies and the node's fit before it runs.
+        let task = Task {
+            id,
+            service: new.service,
+            slot: new.slot,
+            desired: DesiredState::Running,
+            state: TaskState::Pending,
+            node: new.node,
+            container_id: None,
+            exit_code: None,
+            health: None,
+            ports: Vec::new(),
+            message: String::new(),
+            cleanup_errors: Vec::new(),
+            config_hash,
+            service_version,
+            restarts: new.restarts,
+            not_before: new.not_before,
+            created_at: at,
+            updated_at: at,
+            replaces,
+        };
+        self.tasks.insert(id, task);
+        Some(id)
     }
 
     fn report_status(&mut self, update: StatusUpdate, at: Millis) {
@@ -561,5 +650,67 @@ mod tests {
         assert_eq!(state.managers.get(&7), Some(&manager));
         state.apply(Command::ForgetManagers { ids: vec![7] });
         assert!(state.managers.is_empty());
+    }
+
+    fn agent_node(labels: &[(&str, &str)]) -> Box<Node> {
+        Box::new(Node {
+            id: "n1".into(),
+            hostname: "n1".into(),
+            role: super::super::state::NodeRole::Worker,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            nano_cpus: 0,
+            memory_bytes: 0,
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            os: String::new(),
+            arch: String::new(),
+            engine_version: String::new(),
+            address: None,
+            status_message: String::new(),
+            updated_at: 0,
+        })
+    }
+
+    fn labels_of(state: &ClusterState) -> Vec<(String, String)> {
+        state.nodes["n1"].labels.clone().into_iter().collect()
+    }
+
+    fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+        labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn operator_labels_win_over_the_agents_and_outlive_re_registration() {
+        let mut state = ClusterState::default();
+        state.apply(Command::RegisterNode { node: agent_node(&[("zone", "east"), ("disk", "hdd"), ("gpu", "no")]) });
+        let add = BTreeMap::from([("disk".to_string(), "ssd".to_string()), ("rack".to_string(), "r1".to_string())]);
+        let result =
+            state.apply(Command::UpdateNodeLabels { node: "n1".into(), add, remove: vec!["gpu".into()], at: 1 });
+        assert_eq!(result.error, None);
+        assert_eq!(labels_of(&state), pairs(&[("disk", "ssd"), ("rack", "r1"), ("zone", "east")]));
+        // The agent comes back with other labels of its own: the operator's changes still apply.
+        state.apply(Command::RegisterNode { node: agent_node(&[("zone", "west"), ("disk", "hdd"), ("gpu", "yes")]) });
+        assert_eq!(labels_of(&state), pairs(&[("disk", "ssd"), ("rack", "r1"), ("zone", "west")]));
+        // Removing an added label hides it for good (even the agent's value); adding it back wins.
+        state.apply(Command::UpdateNodeLabels {
+            node: "n1".into(),
+            add: BTreeMap::from([("gpu".to_string(), "maybe".to_string())]),
+            remove: vec!["disk".into()],
+            at: 2,
+        });
+        assert_eq!(labels_of(&state), pairs(&[("gpu", "maybe"), ("rack", "r1"), ("zone", "west")]));
+        let kept = &state.node_labels["n1"];
+        assert_eq!(kept.agent.get("disk").map(String::as_str), Some("hdd"), "the agent's own labels are kept apart");
+        let unknown = Command::UpdateNodeLabels { node: "nope".into(), add: BTreeMap::new(), remove: vec![], at: 3 };
+        assert!(state.apply(unknown).error.is_some());
+    }
+
+    #[test]
+    fn a_node_without_operator_labels_has_its_agents() {
+        let mut state = ClusterState::default();
+        state.apply(Command::RegisterNode { node: agent_node(&[("zone", "east")]) });
+        state.apply(Command::RegisterNode { node: agent_node(&[("zone", "west")]) });
+        assert_eq!(labels_of(&state), pairs(&[("zone", "west")]));
+        assert!(state.node_labels.is_empty());
     }
 }

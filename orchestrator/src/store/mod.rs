@@ -8,4 +8,5 @@
 
 pub mod command;
 pub mod raft;
+mod rebalancing;
 pub mod state;

@@ -6,7 +6,7 @@
 //!
 //! [`Command`]: super::command::Command
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -93,6 +93,15 @@ pub struct ServiceRecord {
     pub removing: bool,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// Rebalancing was asked for (`shoal service rebalance`, or a node joined with
+    /// `rebalance_on_join` set): the leader moves its tasks, one at a time, until their spread is
+    /// even, then clears this.
+    #[serde(default)]
+    pub rebalance_requested: bool,
+    /// How many times rebalancing was asked for. The leader's "balanced" carries the number it
+    /// saw, so a request that arrives meanwhile is not cleared with it.
+    #[serde(default)]
+    pub rebalance_requests: u64,
 }
 
 /// What the orchestrator wants a task to be.
@@ -184,6 +193,10 @@ pub struct Task {
     pub not_before: Millis,
     pub created_at: Millis,
     pub updated_at: Millis,
+    /// A start-first replacement (a rebalancing move): the task this one replaces, which keeps
+    /// running until this one runs. See [`ClusterState::is_surge`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<TaskId>,
 }
 
 impl Task {
@@ -231,6 +244,8 @@ pub struct Node {
     /// CPUs in nano-CPUs (1e9 = one CPU) and memory in bytes, as the engine reports.
     pub nano_cpus: u64,
     pub memory_bytes: u64,
+    /// The labels constraints see: the agent's, with an operator's changes applied (see
+    /// [`NodeLabels`]).
     pub labels: BTreeMap<String, String>,
     pub os: String,
     pub arch: String,
@@ -239,6 +254,40 @@ pub struct Node {
     pub address: Option<String>,
     pub status_message: String,
     pub updated_at: Millis,
+}
+
+/// Where a node's labels come from. The agent gives its own (`shoal agent --label`) at every
+/// registration; an operator adds and removes labels with `shoal node update`. The operator's
+/// changes win and outlive re-registrations: an added label keeps its value whatever the agent
+/// says, a removed one stays removed even if the agent gives it again. [`Node::labels`] holds
+/// the result (what constraints match against).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLabels {
+    /// What the node's agent gave at its last registration.
+    pub agent: BTreeMap<String, String>,
+    /// Set by `node update --label-add`.
+    pub added: BTreeMap<String, String>,
+    /// Removed by `node update --label-rm` (never also in `added`).
+    pub removed: BTreeSet<String>,
+}
+
+impl NodeLabels {
+    /// The agent's labels with the operator's changes applied.
+    pub fn effective(&self) -> BTreeMap<String, String> {
+        let mut labels: BTreeMap<String, String> = self
+            .agent
+            .iter()
+            .filter(|(k, _)| !self.removed.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend(self.added.iter().map(|(k, v)| (k.clone(), v.clone())));
+        labels
+    }
+
+    /// No operator changes: the labels are the agent's.
+    pub fn is_agent_only(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
 }
 
 /// One manager of the cluster.
@@ -259,6 +308,14 @@ pub struct JoinTokens {
     pub manager: String,
 }
 
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterSettings {
+    /// When a node becomes ready (joins or comes back) or active again, every replicated service
+    /// is asked to rebalance onto it.
+    #[serde(default)]
+    pub rebalance_on_join: bool,
+}
+
 /// The whole replicated state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -271,9 +328,16 @@ pub struct ClusterState {
     /// wants them voting. Kept in step with the raft membership by its changes' context.
     #[serde(default)]
     pub managers: BTreeMap<u64, ManagerInfo>,
+    /// Operator label changes per node (`node update`), kept apart from what agents report; see
+    /// [`NodeLabels`]. A node without an entry has only its agent's labels.
+    #[serde(default)]
+    pub node_labels: BTreeMap<NodeId, NodeLabels>,
     /// Secrets that admit new agents and managers; set once by the cluster's first leader.
     #[serde(default)]
     pub tokens: Option<JoinTokens>,
+    /// Cluster-wide settings an operator changes.
+    #[serde(default)]
+    pub settings: ClusterSettings,
     /// The next task id to hand out.
     pub next_task_id: TaskId,
     /// Raft index of the last applied command (0 before any).
@@ -287,6 +351,15 @@ impl ClusterState {
 
     pub fn stack_services<'a>(&'a self, stack: &'a str) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
         self.services.values().filter(move |s| s.id.stack == stack)
+    }
+
+    /// Is `task` a start-first replacement whose predecessor still should run? Then it is an
+    /// extra container of an existing replica, in a slot of its own (a slot's container name
+    /// cannot be shared), not a replica: the reconciler neither counts nor restarts it.
+    pub fn is_surge(&self, task: &Task) -> bool {
+        task.replaces
+            .and_then(|id| self.tasks.get(&id))
+            .is_some_and(|replaced| replaced.service == task.service && replaced.desired == DesiredState::Running)
     }
 
     pub fn node_tasks<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
@@ -331,6 +404,8 @@ mod tests {
             removing: false,
             created_at: 1,
             updated_at: 1,
+            rebalance_requested: false,
+            rebalance_requests: 0,
         };
         let mut state = ClusterState::default();
         state.services.insert(id, record);

@@ -41,6 +41,7 @@ fn task(project: &Project, service: &str, slot: u64) -> Task {
         not_before: 0,
         created_at: 0,
         updated_at: 0,
+        replaces: None,
     }
 }
 

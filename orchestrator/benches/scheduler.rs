@@ -1,0 +1,128 @@
+//! Scheduler micro-benchmark (no framework): placements per second for 10,000 pending tasks of
+//! one service onto 1,000 and onto 10,000 nodes. The service reserves CPU and memory, has a
+//! constraint (`node.labels.pool!=batch`, which one node in ten fails) and spreads over ten
+//! zones (`spread: node.labels.zone`); every node is ready and active with room for all.
+//!
+//! Each case times `schedule()` over the same snapshot (it is pure): one warm-up, then
+//! `SHOAL_BENCH_ITERS` (default 5) timed runs; prints the median and placements per second.
+//! Run with `cargo bench -p shoal-orchestrator --bench scheduler`. Without `--bench` on the
+//! command line (as `cargo test --all-targets` runs it) it schedules a small cluster once.
+
+use std::time::{Duration, Instant};
+
+use shoal_orchestrator::reconciler::reconcile;
+use shoal_orchestrator::scheduler::schedule;
+use shoal_orchestrator::store::command::{Command, ServiceDeployment};
+use shoal_orchestrator::store::state::{Availability, ClusterState, Node, NodeRole, NodeStatus, ServiceMode};
+
+const SPEC: &str = "{image: app, deploy: {resources: {reservations: {cpus: '0.01', memory: 16m}}, \
+                    placement: {constraints: ['node.labels.pool!=batch'], preferences: [{spread: node.labels.zone}]}}}";
+const ZONES: usize = 10;
+
+fn node(i: usize) -> Node {
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("zone".to_string(), format!("zone-{}", i % ZONES));
+    // One node in ten is a batch node, and every zone has some.
+    let pool = if (i + i / 10) % 10 == 7 { "batch" } else { "app" };
+    labels.insert("pool".to_string(), pool.to_string());
+    Node {
+        id: format!("node-{i:05}"),
+        hostname: format!("host-{i:05}"),
+        role: NodeRole::Worker,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        nano_cpus: 64_000_000_000,
+        memory_bytes: 256 << 30,
+        labels,
+        os: "linux".into(),
+        arch: "amd64".into(),
+        engine_version: "27.0".into(),
+        address: None,
+        status_message: String::new(),
+        updated_at: 0,
+    }
+}
+
+/// `nodes` nodes and one service whose `tasks` replicas are all pending.
+fn cluster(nodes: usize, tasks: u64) -> Result<ClusterState, String> {
+    let mut state = ClusterState::default();
+    for i in 0..nodes {
+        state.apply(Command::RegisterNode { node: Box::new(node(i)) });
+    }
+    let spec = serde_yaml::from_str(SPEC).map_err(|e| format!("bad spec: {e}"))?;
+    let deployment = ServiceDeployment {
+        name: "web".into(),
+        spec,
+        config_hash: "h".into(),
+        mode: ServiceMode::Replicated,
+        replicas: tasks,
+    };
+    let result = state.apply(Command::DeployStack {
+        stack: "bench".into(),
+        project: Box::default(),
+        services: vec![deployment],
+        remove_orphans: false,
+        only: Vec::new(),
+        recreate: Default::default(),
+        at: 0,
+        request_id: String::new(),
+    });
+    if let Some(error) = result.error {
+        return Err(error);
+    }
+    for command in reconcile(&state, 0) {
+        state.apply(command);
+    }
+    Ok(state)
+}
+
+/// One `schedule()`: its duration and how many tasks it placed.
+fn run_once(state: &ClusterState) -> (Duration, usize) {
+    let started = Instant::now();
+    let commands = schedule(state, 0);
+    let elapsed = started.elapsed();
+    let placed = commands
+        .iter()
+        .map(|c| match c {
+            Command::AssignTasks { assignments, .. } => assignments.len(),
+            _ => 0,
+        })
+        .sum();
+    (elapsed, placed)
+}
+
+fn case(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
+    let state = cluster(nodes, tasks)?;
+    let (_, placed) = run_once(&state);
+    if placed as u64 != tasks {
+        return Err(format!("{nodes} nodes: placed {placed} of {tasks} tasks"));
+    }
+    let mut times: Vec<Duration> = (0..iterations).map(|_| run_once(&state).0).collect();
+    times.sort();
+    let median = times[times.len() / 2];
+    let per_second = placed as f64 / median.as_secs_f64();
+    println!(
+        "  {tasks:>6} tasks onto {nodes:>6} nodes: median {:>8.1} ms (min {:.1}, max {:.1})   {:>10.0} placements/s",
+        median.as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3,
+        per_second
+    );
+    Ok(())
+}
+
+fn main() {
+    let bench_mode = std::env::args().any(|a| a == "--bench");
+    let iterations: usize = std::env::var("SHOAL_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5).max(1);
+    let cases: &[(usize, u64)] = if bench_mode { &[(1_000, 10_000), (10_000, 10_000)] } else { &[(100, 300)] };
+    println!("scheduler: one service, constraint node.labels.pool!=batch, spread over {ZONES} zones, reservations");
+    for (nodes, tasks) in cases {
+        if let Err(e) = case(*nodes, *tasks, if bench_mode { iterations } else { 1 }) {
+            eprintln!("scheduler bench failed: {e}");
+            std::process::exit(1);
+        }
+    }
+    if !bench_mode {
+        println!("scheduler bench: smoke run ok (pass --bench to measure)");
+    }
+}
