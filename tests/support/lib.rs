@@ -1,9 +1,11 @@
 //! Support for tests that run the real `shoal` binary: where it is, how to run it in a clean
 //! environment, and scratch project directories that remove themselves. [`stack`]: end-to-end
 //! projects on the real Docker engine. [`netcluster`]: managers in containers on a private
-//! network, for partition tests. [`managers`]: managers as processes on loopback.
+//! network, for partition tests. [`managers`]: managers as processes on loopback. [`multinode`]:
+//! a manager and several agents (nodes) on the local engine.
 
 pub mod managers;
+pub mod multinode;
 pub mod netcluster;
 pub mod stack;
 

@@ -132,7 +132,11 @@ pub fn task_spec_with(
     let container = ContainerSpec {
         identity,
         image: image.reference(),
-        container_name: service.container_name.clone(),
+        // A global task's name carries its node (see `Task::container_name`).
+        container_name: service
+            .container_name
+            .clone()
+            .or_else(|| (task.slot == 0).then(|| task.container_name(service))),
         command: service.command.clone(),
         entrypoint: service.entrypoint.clone(),
         env: service.environment.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={v}"))).collect(),

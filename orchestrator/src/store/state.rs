@@ -200,11 +200,14 @@ pub struct Task {
 }
 
 impl Task {
-    /// `<project>-<service>-<slot>` (or the service's container_name).
+    /// `<project>-<service>-<slot>` (or the service's container_name). A global service's task
+    /// (slot 0) is `<project>-<service>-<node id>`: one per node, so names stay unique across the
+    /// cluster (in `ps`, and on an engine that several nodes share).
     pub fn container_name(&self, spec: &Service) -> String {
-        match &spec.container_name {
-            Some(name) => name.clone(),
-            None => format!("{}-{}-{}", self.service.stack, self.service.service, self.slot.max(1)),
+        match (&spec.container_name, self.slot, &self.node) {
+            (Some(name), _, _) => name.clone(),
+            (None, 0, Some(node)) => format!("{}-{}-{node}", self.service.stack, self.service.service),
+            (None, slot, _) => format!("{}-{}-{}", self.service.stack, self.service.service, slot.max(1)),
         }
     }
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, SystemTime};
 use bollard::errors::Error as BollardError;
 use bollard::models::{NetworkConnectRequest, NetworkCreateRequest, VolumeCreateRequest};
 use bollard::query_parameters::{
-    CreateContainerOptions, InspectNetworkOptions, KillContainerOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, InspectNetworkOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
+    LogsOptions, RemoveContainerOptions, RemoveVolumeOptions, StartContainerOptions, WaitContainerOptions,
 };
 use bollard::Docker;
 use futures_util::stream::{BoxStream, StreamExt};
@@ -23,6 +23,11 @@ mod context;
 pub mod convert;
 mod events;
 mod image;
+
+/// Pauses between the attempts of a create or start the engine refused because a network name
+/// matched two networks (see `DockerEngine::settle_network`).
+const AMBIGUITY_RETRIES: [Duration; 3] =
+    [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(500)];
 
 /// Where Docker listens when `DOCKER_HOST` is unset.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
@@ -100,6 +105,59 @@ impl DockerEngine {
         }
     }
 
+    /// The one network named `name` to use. Engines before API 1.44 accept several networks of
+    /// one name, so agents sharing an engine (several nodes on one machine) can each create a
+    /// stack's network at once. While two exist, the engine refuses to resolve the name (so no
+    /// container can join either by name); every agent settles on the same one — one a container
+    /// already uses (joined while it was the only one), else the oldest, then the lowest id — and
+    /// the others are removed (containers created but not started join by name when they start).
+    /// `None` when there is none.
+    async fn settle_network(&self, name: &str) -> EngineResult<Option<String>> {
+        let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+        let found = self
+            .docker
+            .list_networks(Some(ListNetworksOptions { filters: Some(filters) }))
+            .await
+            .map_err(|e| self.err(format!("listing networks named {name}"), e))?;
+        // The name filter matches substrings.
+        let found: Vec<(String, String)> = found
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| Some((created_key(n.created.as_deref().unwrap_or_default()), n.id?)))
+            .collect();
+        if found.len() <= 1 {
+            return Ok(found.into_iter().next().map(|(_, id)| id));
+        }
+        let mut same = Vec::new();
+        for (created, id) in found {
+            // Only running containers hold endpoints; listing does not show them, inspecting does.
+            let unused = match self.docker.inspect_network(&id, None::<InspectNetworkOptions>).await {
+                Ok(n) => n.containers.is_none_or(|c| c.is_empty()),
+                Err(e) if status(&e) == Some(404) => continue,
+                Err(_) => true,
+            };
+            same.push((unused, created, id));
+        }
+        same.sort();
+        let Some((_, _, keep)) = same.first().cloned() else { return Ok(None) };
+        for (_, _, extra) in same.iter().skip(1) {
+            match self.docker.remove_network(extra).await {
+                Ok(()) => tracing::info!(network = name, id = %extra, "removed a duplicate network"),
+                Err(e) => tracing::warn!(network = name, id = %extra, error = %e, "a duplicate network stays"),
+            }
+        }
+        Ok(Some(keep))
+    }
+
+    /// Retries a request the engine refused because a network name was ambiguous, settling the
+    /// container's networks first (another agent's duplicate may also still be on its way out).
+    async fn settle_networks_of(&self, networks: &[String]) -> EngineResult<()> {
+        for network in networks {
+            self.settle_network(network).await?;
+        }
+        Ok(())
+    }
+
     async fn kill(&self, id: &str, signal: &str) -> EngineResult<bool> {
         let opts = KillContainerOptions { signal: signal.to_string() };
         match self.docker.kill_container(id, Some(opts)).await {
@@ -109,6 +167,22 @@ impl DockerEngine {
             Err(e) => Err(self.container_err(id, &format!("sending {signal} to"), e)),
         }
     }
+}
+
+/// A Docker timestamp that sorts as text: the fraction of a second padded to nanoseconds (Go
+/// trims its trailing zeros). Timestamps of one engine share its time zone.
+fn created_key(text: &str) -> String {
+    let Some(t) = text.find('T') else { return text.to_string() };
+    let (date, rest) = text.split_at(t);
+    let zone_at = rest.find(['Z', '+', '-']).unwrap_or(rest.len());
+    let (time, zone) = rest.split_at(zone_at);
+    let (whole, fraction) = time.split_once('.').unwrap_or((time, ""));
+    format!("{date}{whole}.{fraction:0<9}{zone}")
+}
+
+/// Whether the engine refused because a network name matches several networks.
+fn ambiguous_network(e: &BollardError) -> bool {
+    matches!(e, BollardError::DockerResponseServerError { message, .. } if message.contains("ambiguous"))
 }
 
 fn status(e: &BollardError) -> Option<u16> {
@@ -144,6 +218,11 @@ impl Engine for DockerEngine {
                     return Err(EngineError::ExternalNetworkMissing { name: name.into() });
                 }
             }
+            Err(e) if ambiguous_network(&e) => {
+                if let Some(id) = self.settle_network(name).await? {
+                    return Ok(id);
+                }
+            }
             Err(e) => return Err(self.err(format!("inspecting network {name}"), e)),
         }
         let ipam = (!spec.ipam.is_empty()).then(|| bollard::models::Ipam {
@@ -172,7 +251,8 @@ impl Engine for DockerEngine {
             ..Default::default()
         };
         match self.docker.create_network(request).await {
-            Ok(r) => Ok(r.id),
+            // Another agent on this engine may have created one of the same name meanwhile.
+            Ok(r) => Ok(self.settle_network(name).await?.unwrap_or(r.id)),
             // Another agent task created it meanwhile: that is the idempotent outcome.
             Err(e) if status(&e) == Some(409) => self
                 .docker
@@ -236,7 +316,21 @@ impl Engine for DockerEngine {
             name: Some(plan.name.clone()),
             platform: plan.platform.clone().unwrap_or_default(),
         };
-        let created = match self.docker.create_container(Some(options), plan.body).await {
+        let mut attempt = self.docker.create_container(Some(options.clone()), plan.body.clone()).await;
+        for pause in AMBIGUITY_RETRIES {
+            if !attempt.as_ref().is_err_and(ambiguous_network) {
+                break;
+            }
+            // Another agent on this engine created a network of the same name just now: settle on
+            // one (as `ensure_network` does), then try again.
+            let first = plan.body.host_config.as_ref().and_then(|h| h.network_mode.clone());
+            let networks: Vec<String> =
+                first.into_iter().chain(plan.extra_networks.iter().map(|(n, _)| n.clone())).collect();
+            self.settle_networks_of(&networks).await?;
+            tokio::time::sleep(pause).await;
+            attempt = self.docker.create_container(Some(options.clone()), plan.body.clone()).await;
+        }
+        let created = match attempt {
             Ok(c) => c,
             Err(e) if status(&e) == Some(404) => {
                 return Err(EngineError::ImageUnavailable {
@@ -259,7 +353,20 @@ impl Engine for DockerEngine {
     }
 
     async fn start(&self, id: &str) -> EngineResult<()> {
-        self.docker.start_container(id, None::<StartContainerOptions>).await.map_err(|e| match &e {
+        let mut attempt = self.docker.start_container(id, None::<StartContainerOptions>).await;
+        for pause in AMBIGUITY_RETRIES {
+            if !attempt.as_ref().is_err_and(ambiguous_network) {
+                break;
+            }
+            // A network of the container's was created twice by agents sharing this engine, and
+            // the duplicate not removed yet: settle on one (see `settle_network`), then retry.
+            let inspected = self.docker.inspect_container(id, None).await;
+            let networks = inspected.ok().and_then(|c| c.network_settings).and_then(|n| n.networks).unwrap_or_default();
+            self.settle_networks_of(&networks.into_keys().collect::<Vec<_>>()).await?;
+            tokio::time::sleep(pause).await;
+            attempt = self.docker.start_container(id, None::<StartContainerOptions>).await;
+        }
+        attempt.map_err(|e| match &e {
             // The engine's own text names the endpoint and its id, not what to do about it.
             BollardError::DockerResponseServerError { message, .. } => {
                 convert::port_in_use(message).unwrap_or_else(|| self.container_err(id, "starting", e))
@@ -395,4 +502,19 @@ impl Engine for DockerEngine {
 fn engine_time(t: SystemTime) -> String {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::created_key;
+
+    #[test]
+    fn docker_timestamps_sort_as_text_once_padded() {
+        assert_eq!(created_key("2024-05-01T10:00:01.5Z"), "2024-05-01T10:00:01.500000000Z");
+        assert_eq!(created_key("2024-05-01T10:00:01Z"), "2024-05-01T10:00:01.000000000Z");
+        assert_eq!(created_key("2024-05-01T10:00:01.25+02:00"), "2024-05-01T10:00:01.250000000+02:00");
+        let mut keys = ["2024-05-01T10:00:01.5Z", "2024-05-01T10:00:01.25Z", "2024-05-01T10:00:01Z"].map(created_key);
+        keys.sort();
+        assert!(keys[0].contains("01.000") && keys[2].contains("01.500"), "{keys:?}");
+    }
 }

@@ -674,6 +674,7 @@ fn container_name_and_global_task_numbers() {
     assert_eq!(spec.container.identity.container_number, 1);
     assert_eq!(spec.container.identity.node_id, "n7");
     assert_eq!(shoal_agent::labels::container_name(&spec.container), global_task.container_name(g));
+    assert_eq!(global_task.container_name(g), "shop-g-n1", "a global task is named after its node");
 }
 
 #[test]
