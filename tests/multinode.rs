@@ -20,8 +20,8 @@ const THREE: [(&str, &[&str]); 3] =
     [("node1", &["zone=east"]), ("node2", &["zone=west"]), ("node3", &["zone=west", "disk=hdd"])];
 
 /// How long a lost node may take to be noticed and its tasks to run elsewhere: the dispatcher
-/// marks a node down after 6 s without a heartbeat (`DispatcherConfig::new`), then the tasks are
-/// placed at once; the rest is margin for a loaded machine.
+/// marks a node down after 6 s without a heartbeat (`shoal server --node-down-after`'s default),
+/// then the tasks are placed at once; the rest is margin for a loaded machine.
 const DOWN_WINDOW: Duration = Duration::from_secs(25);
 
 /// A service of long-running containers that stop at once.
@@ -77,6 +77,17 @@ fn replicas_spread_over_the_nodes_and_scale_across_them() {
     let table = nodes.ok(&stack, &["service", "ls"]).stdout;
     assert!(table.lines().any(|l| l.contains("/web") && l.contains("6/6") && l.contains(IMAGE)), "{table}");
 
+    // The nodes as a list: every agent, ready and active, with its labels.
+    let listed = nodes.json(&stack, &["node", "ls", "--format", "json"]);
+    let ids: BTreeSet<&str> = json_list(&listed).iter().filter_map(|n| n["ID"].as_str()).collect();
+    assert_eq!(ids, nodes.agents.iter().map(|a| a.id.as_str()).collect::<BTreeSet<_>>(), "{listed}");
+    for node in json_list(&listed) {
+        assert_eq!((node["Status"].as_str(), node["Availability"].as_str()), (Some("ready"), Some("active")), "{node}");
+        assert_eq!((node["Role"].as_str(), node["ManagerStatus"].as_str()), (Some("worker"), Some("")), "{node}");
+    }
+    let node1 = json_list(&listed).iter().find(|n| n["Hostname"] == "node1").expect("node ls lists node1");
+    assert_eq!(node1["Labels"]["zone"], "east");
+
     // A node in detail: what it is and what it runs.
     let node1 = nodes.inspect(&stack, "node1");
     assert_eq!(node1["Hostname"], "node1");
@@ -129,10 +140,17 @@ fn constraints_pin_tasks_and_a_reservation_no_node_has_leaves_them_pending_with_
     nodes.ok(&stack, &["up", "-d", "east"]);
     nodes.wait_for_placement(&stack, "east", &[("node1", 2)]);
 
-    // Nothing fits: `up` says why when it gives up, and `service ps` shows the reason per task.
-    let out = nodes.run(&stack, &["up", "-d", "--timeout", "3", "big"]);
+    // Nothing fits: `up -d` accepts the deployment and warns with the scheduler's reason (no
+    // --timeout: it must return by itself), `up --wait` fails with it, and `service ps` shows the
+    // reason per task.
+    let out = nodes.ok(&stack, &["up", "-d", "big"]);
+    let warning = "warning: service big: 2 of 2 tasks cannot be placed: 0 of 3 nodes fit: 3 lack 62.5";
+    assert!(out.stderr.contains(warning), "{}", out.stderr);
+    assert!(out.stderr.contains(&format!("`shoal service ps {}/big`", stack.name)), "{}", out.stderr);
+    let out = nodes.run(&stack, &["up", "--wait", "--timeout", "60", "big"]);
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(out.stderr.contains("0 of 3 nodes fit"), "{}", out.stderr);
+    let failure = "error: service big: 2 of 2 tasks cannot be placed: 0 of 3 nodes fit: 3 lack 62.5";
+    assert!(out.stderr.contains(failure) && !out.stderr.contains("gave up"), "{}", out.stderr);
     let tasks = poll("big's tasks to say why they wait", Duration::from_secs(30), || {
         let tasks = service_ps(&nodes, &stack, "big", false);
         let explained = tasks.iter().all(|t| t["Reason"].as_str().is_some_and(|r| r.contains("0 of 3 nodes fit")));
@@ -150,6 +168,9 @@ fn constraints_pin_tasks_and_a_reservation_no_node_has_leaves_them_pending_with_
     }
     let table = nodes.ok(&stack, &["service", "ps", &format!("{}/big", stack.name)]).stdout;
     assert!(table.contains("pending") && table.contains("0 of 3 nodes fit: 3 lack 62.5"), "{table}");
+    // `scale` returns too, with the same warning.
+    let out = nodes.ok(&stack, &["scale", "big=3"]);
+    assert!(out.stderr.contains("warning: service big: 3 of 3 tasks cannot be placed"), "{}", out.stderr);
 
     // An operator label: node2 joins zone east, so the constraint now fits it too.
     nodes.ok(&stack, &["node", "update", "node2", "--label-add", "zone=east", "--label-rm", "disk"]);
@@ -221,23 +242,42 @@ fn a_lost_node_tasks_run_elsewhere_and_its_return_duplicates_nothing() {
     nodes.ok(&stack, &["up", "-d"]);
     nodes.wait_for_placement(&stack, "web", &[("node1", 2), ("node2", 2), ("node3", 2)]);
 
-    // The machine of node3 is lost: its agent dies, its containers stop. On one shared engine
-    // they would also keep their names, which the replacements on the other nodes need (on
-    // separate machines, names never meet): rename them, as they would be elsewhere.
+    // The machine of node3 is lost: its agent dies, its containers stop. On this one shared
+    // engine they keep their names, which the replacements on the other nodes would take (on
+    // separate machines, names never meet): those are created under names of their own.
     let node3 = nodes.agent("node3");
     let lost = nodes.containers_of(node3);
     assert_eq!(lost.len(), 2);
+    let lost_names: BTreeSet<String> = lost
+        .iter()
+        .map(|id| docker_ok(&["inspect", "-f", "{{.Name}}", id]).trim().trim_start_matches('/').to_string())
+        .collect();
     let killed = Instant::now();
     nodes.kill_agent(node3);
     for id in &lost {
         docker_ok(&["stop", "-t", "1", id]);
-        docker_ok(&["rename", id, &format!("lost-{}", &id[..12])]);
     }
     let took = nodes.wait_for_placement(&stack, "web", &[("node1", 3), ("node2", 3)]);
     let since_kill = killed.elapsed();
     assert!(since_kill < DOWN_WINDOW, "rescheduled only {since_kill:?} after the node was lost (waited {took:?})");
     let inspected = nodes.inspect(&stack, "node3");
     assert_eq!(inspected["Status"], "down", "{inspected}");
+    let listed = nodes.json(&stack, &["node", "ls", "--format", "json"]);
+    let down = json_list(&listed).iter().find(|n| n["Hostname"] == "node3").expect("node ls lists node3");
+    assert_eq!(down["Status"], "down", "{down}");
+    assert!(down["StatusMessage"].as_str().is_some_and(|m| m.starts_with("no heartbeat for")), "{down}");
+    // `ps` names the replacements as the engine does: `<name>-t<task>` for a lost slot's name.
+    let ps = nodes.ps(&stack);
+    let engine_names = running_containers(&stack);
+    for c in &ps {
+        let name = c["Name"].as_str().unwrap_or_default();
+        assert!(engine_names.iter().any(|n| n == name), "ps lists {name}, the engine runs {engine_names:?}");
+    }
+    for lost_name in &lost_names {
+        let replacement =
+            ps.iter().filter_map(|c| c["Name"].as_str()).find(|n| n.starts_with(&format!("{lost_name}-t")));
+        assert!(replacement.is_some(), "no replacement named after {lost_name}: {ps:?}");
+    }
     eprintln!("the lost node's tasks ran elsewhere {since_kill:?} after it was lost");
 
     // It comes back (same state dir, same node): its stale containers go, nothing doubles.

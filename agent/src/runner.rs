@@ -54,6 +54,21 @@ pub struct TaskStatus {
     /// Published ports as bound (`0.0.0.0:8080->80/tcp`), while running.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The container's name when it is not the one its spec asks for: on an engine that several
+    /// nodes share, another node's container held that name (see [`renamed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
+}
+
+/// The name a task's container gets when another node's container holds the one its spec asks
+/// for: `<name>-t<task id>`.
+pub fn renamed(name: &str, task_id: &str) -> String {
+    format!("{name}-t{task_id}")
+}
+
+/// Whether `name` is a name [`renamed`] gave the task's container.
+fn is_renamed(name: &str, task_id: &str) -> bool {
+    name.strip_suffix(task_id).and_then(|n| n.strip_suffix("-t")).is_some_and(|base| !base.is_empty())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +103,8 @@ struct Shared<E> {
 
 struct TaskEntry {
     container_id: Option<String>,
+    /// The container's name when it is not the spec's (reported with every status).
+    renamed: Option<String>,
     stop_grace: Duration,
     /// An adopted container that was created but never started (the agent stopped between
     /// create and start). It starts only once the manager wants its task running
@@ -145,8 +162,13 @@ impl<E: Engine> TaskRunner<E> {
                     false
                 } else {
                     let unstarted = c.status == ContainerStatus::Created;
-                    let entry =
-                        TaskEntry { container_id: Some(c.id.clone()), stop_grace: DEFAULT_STOP_GRACE, unstarted };
+                    let renamed = is_renamed(&c.name, &task_id).then(|| c.name.clone());
+                    let entry = TaskEntry {
+                        container_id: Some(c.id.clone()),
+                        renamed,
+                        stop_grace: DEFAULT_STOP_GRACE,
+                        unstarted,
+                    };
                     tasks.insert(task_id.clone(), entry);
                     true
                 }
@@ -172,7 +194,7 @@ impl<E: Engine> TaskRunner<E> {
                 return;
             }
             let stop_grace = spec.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE);
-            tasks.insert(task_id, TaskEntry { container_id: None, stop_grace, unstarted: false });
+            tasks.insert(task_id, TaskEntry { container_id: None, renamed: None, stop_grace, unstarted: false });
         }
         let shared = self.shared.clone();
         tokio::spawn(async move { shared.run_one(spec).await });
@@ -267,7 +289,8 @@ impl<E: Engine> Shared<E> {
     async fn report_with_ports(&self, task_id: &str, container_id: Option<&str>, state: TaskState, ports: Vec<String>) {
         let message = describe(&state);
         let container_id = container_id.map(str::to_string);
-        let status = TaskStatus { task_id: task_id.to_string(), container_id, state, message, ports };
+        let container_name = self.lock_tasks().get(task_id).and_then(|t| t.renamed.clone());
+        let status = TaskStatus { task_id: task_id.to_string(), container_id, state, message, ports, container_name };
         // A closed channel means the agent is shutting down; nothing to tell.
         let _ = self.status_tx.send(status).await;
     }
@@ -287,13 +310,14 @@ impl<E: Engine> Shared<E> {
         if let Ok(Some(found)) = existing.map(|v| v.into_iter().next()) {
             if let Some(t) = self.lock_tasks().get_mut(&task_id) {
                 t.container_id = Some(found.id.clone());
+                t.renamed = is_renamed(&found.name, &task_id).then(|| found.name.clone());
             }
             // The manager asked for this task to run: a container never started starts now.
             self.adopt_one(task_id, found, true).await;
             return;
         }
-        let id = match self.engine.create(&spec).await {
-            Ok(id) => id,
+        let (id, renamed) = match self.create(&spec).await {
+            Ok(created) => created,
             Err(e) => {
                 let reason = format!("creating the container failed: {e}");
                 self.report(&task_id, None, TaskState::Failed { reason }).await;
@@ -302,6 +326,7 @@ impl<E: Engine> Shared<E> {
         };
         if let Some(t) = self.lock_tasks().get_mut(&task_id) {
             t.container_id = Some(id.clone());
+            t.renamed = renamed;
         }
         // Registered before start, so the start's events already reach this watcher.
         let watcher = self.register(&id);
@@ -314,6 +339,37 @@ impl<E: Engine> Shared<E> {
             return;
         }
         self.watch(&task_id, &id, watcher, Some(TaskState::Starting)).await;
+    }
+
+    /// Creates the task's container: its id, and its name if it is not the spec's. Agents that
+    /// share one engine share its container names: when another node's container holds the
+    /// name (a lost node's, stopped but not removed), this one is created as [`renamed`]. A
+    /// container of this node, or one that is not Shoal's, with the name is an error as usual.
+    async fn create(&self, spec: &ContainerSpec) -> EngineResult<(String, Option<String>)> {
+        let name = match self.engine.create(spec).await {
+            Ok(id) => return Ok((id, None)),
+            Err(EngineError::NameInUse { name }) => name,
+            Err(e) => return Err(e),
+        };
+        let holder = match self.engine.inspect(&name).await {
+            Ok(holder) => holder,
+            // Removed meanwhile: the name is free again.
+            Err(EngineError::ContainerNotFound(_)) => return Ok((self.engine.create(spec).await?, None)),
+            Err(e) => return Err(e),
+        };
+        let foreign = holder.labels.get(labels::NODE).is_some_and(|node| *node != self.node_id);
+        if !foreign {
+            return Err(EngineError::NameInUse { name });
+        }
+        let new_name = renamed(&name, &spec.identity.task_id);
+        tracing::info!(
+            task = %spec.identity.task_id,
+            holder = %holder.id,
+            "the name {name} is held by a container of node {}: creating {new_name}",
+            holder.labels.get(labels::NODE).map_or("", String::as_str)
+        );
+        let spec = ContainerSpec { container_name: Some(new_name.clone()), ..spec.clone() };
+        Ok((self.engine.create(&spec).await?, Some(new_name)))
     }
 
     /// Watches an existing container of the task. One that was created but never started (the

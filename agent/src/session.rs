@@ -69,6 +69,11 @@ pub struct AgentConfig {
     /// Most statuses in one UpdateTaskStatus call. There is no batching window: a status is
     /// sent at once when no call is in flight; those that arrive during a call go in the next.
     pub status_batch_max: usize,
+    /// Channels shared with other agents of this process (`shoal sim`: thousands of nodes over a
+    /// few HTTP/2 connections). Without it, each session opens a connection of its own.
+    pub channels: Option<Arc<ChannelPool>>,
+    /// Told what the session does (registered, assignments received, statuses acknowledged).
+    pub observer: Option<Arc<dyn SessionObserver>>,
 }
 
 impl AgentConfig {
@@ -88,7 +93,58 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(3),
             rpc_timeout: Duration::from_secs(10),
             status_batch_max: 1000,
+            channels: None,
+            observer: None,
         }
+    }
+}
+
+/// What an agent's session tells whoever watches it (the simulator counts nodes and tasks with
+/// it). Called on the session's own task: implementations must be quick and must not block.
+pub trait SessionObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// The manager registered the node (every session starts so).
+    fn registered(&self, _node: &str) {}
+    /// An assignments message was received (the first of a session is the complete set).
+    fn assignments(&self, _node: &str, _message: &pb::Assignments) {}
+    /// The manager applied these statuses (the UpdateTaskStatus call returned OK).
+    fn acknowledged(&self, _node: &str, _statuses: &[pb::TaskStatus]) {}
+}
+
+/// gRPC channels shared by the agents of one process, a few per manager address. A channel is
+/// one HTTP/2 connection, and each session holds one stream on it for its whole life (the
+/// assignment stream) plus short unary calls, so the pool spreads sessions over `per_address`
+/// connections to stay below the server's limit of concurrent streams per connection (hyper's
+/// default is 200). Channels connect lazily and reconnect by themselves after a failure.
+#[derive(Debug)]
+pub struct ChannelPool {
+    per_address: usize,
+    connect_timeout: Duration,
+    channels: Mutex<HashMap<String, Vec<Channel>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl ChannelPool {
+    pub fn new(per_address: usize, connect_timeout: Duration) -> Self {
+        ChannelPool {
+            per_address: per_address.max(1),
+            connect_timeout,
+            channels: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// One of `address`'s channels, round robin.
+    pub fn channel(&self, address: &str) -> Result<Channel, AgentError> {
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut channels = lock(&self.channels);
+        if let Some(list) = channels.get(address) {
+            return Ok(list[turn % list.len()].clone());
+        }
+        let endpoint = endpoint_with(address, self.connect_timeout)?;
+        let list: Vec<Channel> = (0..self.per_address).map(|_| endpoint.connect_lazy()).collect();
+        let channel = list[turn % list.len()].clone();
+        channels.insert(address.to_string(), list);
+        Ok(channel)
     }
 }
 
@@ -216,11 +272,15 @@ pub async fn run_agent<E: Engine>(
 }
 
 fn endpoint(address: &str, config: &AgentConfig) -> Result<Endpoint, AgentError> {
+    endpoint_with(address, config.connect_timeout)
+}
+
+fn endpoint_with(address: &str, connect_timeout: Duration) -> Result<Endpoint, AgentError> {
     let url = if address.contains("://") { address.to_string() } else { format!("http://{address}") };
     let bad = |reason: String| AgentError::BadAddress { address: address.to_string(), reason };
     Ok(Endpoint::from_shared(url)
         .map_err(|e| bad(e.to_string()))?
-        .connect_timeout(config.connect_timeout)
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(10)))
@@ -270,7 +330,10 @@ impl<E: Engine> Agent<E> {
         node_id: &mut Option<String>,
         established: &mut bool,
     ) -> Result<(), SessionError> {
-        let channel = endpoint.connect().await.map_err(|e| SessionError::Connect(error_chain(&e)))?;
+        let channel = match &self.config.channels {
+            Some(pool) => pool.channel(address)?,
+            None => endpoint.connect().await.map_err(|e| SessionError::Connect(error_chain(&e)))?,
+        };
         let mut client = Client::new(channel).max_decoding_message_size(256 << 20);
         // An engine that is briefly unreachable delays the registration; it is not fatal.
         let info = self.engine.info().await.map_err(SessionError::Engine)?;
@@ -313,6 +376,10 @@ impl<E: Engine> Agent<E> {
         let core = self.start_core(&id).await?;
         let period = Duration::from_millis(registered.heartbeat_period_ms.max(100));
         tracing::info!(manager = %address, node = %id, "registered");
+        let observer = self.config.observer.as_deref();
+        if let Some(observer) = observer {
+            observer.registered(&id);
+        }
 
         let mut stream =
             client.session(pb::SessionRequest { node_id: id.clone() }).await.map_err(rpc("session"))?.into_inner();
@@ -342,6 +409,9 @@ impl<E: Engine> Agent<E> {
                 }
                 expected = Some(message.sequence + 1);
                 *established = true;
+                if let Some(observer) = observer {
+                    observer.assignments(&id, &message);
+                }
                 core.apply(message);
                 complete_tx.send_replace(true);
             }
@@ -396,11 +466,20 @@ async fn flush<E: Engine>(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let max = config.status_batch_max.max(1);
+    let observer = config.observer.as_deref();
     let send = |updates: Vec<pb::TaskStatus>| {
         let mut client = client.clone();
+        // Only an observer needs the statuses after the call.
+        let statuses = if observer.is_some() { updates.clone() } else { Vec::new() };
         let mut request = tonic::Request::new(pb::UpdateTaskStatusRequest { node_id: node_id.to_string(), updates });
         request.set_timeout(config.rpc_timeout);
-        async move { client.update_task_status(request).await.map(drop).map_err(rpc("update task status")) }
+        async move {
+            let acknowledged = client.update_task_status(request).await.map(drop).map_err(rpc("update task status"));
+            if let (Ok(()), Some(observer)) = (&acknowledged, observer) {
+                observer.acknowledged(node_id, &statuses);
+            }
+            acknowledged
+        }
     };
     // The sync report goes out even when there is nothing to report.
     send_pending(reports, max, true, send).await?;
@@ -917,6 +996,7 @@ fn translate(task: u64, status: runner::TaskStatus, wanted: Option<&Wanted>) -> 
         container_id: status.container_id.unwrap_or_default(),
         message: status.message,
         ports: status.ports,
+        container_name: status.container_name.unwrap_or_default(),
         ..pb::TaskStatus::default()
     };
     let (state, health) = match status.state {
@@ -1070,6 +1150,7 @@ mod tests {
             state,
             message: "m".into(),
             ports: Vec::new(),
+            container_name: None,
         }
     }
 

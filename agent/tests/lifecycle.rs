@@ -283,3 +283,48 @@ async fn runner_reports_a_failed_start_with_the_engine_reason() {
     };
     assert!(reason.contains("/no/such/binary"), "{reason}");
 }
+
+/// Two agents on one engine: a lost node's stopped container keeps the slot's name, and the
+/// replacement on another node is created under a name of its own; a name this node's own
+/// container holds stays an error.
+#[tokio::test]
+async fn runner_renames_a_container_whose_name_another_nodes_container_holds() {
+    let engine = Arc::new(engine().await);
+    let t = TestRun::new("takenname");
+    let mut lost = t.spec("web");
+    lost.identity.node_id = format!("lost-{}", t.id);
+    let lost_id = engine.create(&lost).await.unwrap();
+    let name = labels::container_name(&lost);
+    // The engine names a taken name as such.
+    let err = engine.create(&lost).await.unwrap_err();
+    assert!(matches!(&err, shoal_agent::EngineError::NameInUse { name: n } if *n == name), "{err}");
+
+    let node = format!("node-{}", t.id);
+    let (tx, rx) = mpsc::channel(64);
+    let mut inbox = Inbox::new(rx);
+    let runner = TaskRunner::start(engine.clone(), node.clone(), tx).await.unwrap();
+    let mut replacement = t.spec("web");
+    replacement.identity.task_id = "task-web-2".into();
+    runner.run(replacement);
+    let running = inbox.until("task-web-2", &TaskState::Running).await.pop().unwrap();
+    let renamed = format!("{name}-ttask-web-2");
+    assert_eq!(running.container_name.as_deref(), Some(renamed.as_str()));
+    let created = engine.inspect(&renamed).await.unwrap();
+    assert_eq!(created.labels.get(labels::NODE), Some(&node));
+    assert_eq!(created.labels.get(TEST_LABEL), Some(&t.id), "the renamed container is labelled for cleanup");
+    assert_eq!(engine.inspect(&name).await.unwrap().id, lost_id, "the other node's container is left alone");
+
+    // A name this node's own container holds is refused as before.
+    let mut own = t.spec("web");
+    own.identity.task_id = "task-web-3".into();
+    own.container_name = Some(renamed.clone());
+    runner.run(own);
+    let failed = loop {
+        let s = inbox.next("task-web-3").await;
+        if s.state.is_terminal() {
+            break s;
+        }
+    };
+    let TaskState::Failed { reason } = &failed.state else { panic!("expected a failure, got {failed:?}") };
+    assert!(reason.contains(&format!("the container name {renamed} is already in use")), "{reason}");
+}

@@ -89,6 +89,7 @@ pub fn task(task: &Task, container_name: String) -> pb::Task {
         created_at_ms: task.created_at,
         updated_at_ms: task.updated_at,
         cleanup_errors: task.cleanup_errors.clone(),
+        unplaceable: task.unplaceable && task.state == TaskState::Pending,
     }
 }
 

@@ -1,6 +1,8 @@
-//! Several nodes on one machine: one `shoal server --no-agent` manager (from [`managers`]) and
-//! `shoal agent` processes that join it, each with its own state dir and node name, all on the
-//! one local Docker engine (each agent manages only the containers labelled with its node id).
+//! Several nodes on one machine: one `shoal server --no-agent` manager (from [`managers`]), or a
+//! highly-available group of them ([`Nodes::start_ha`]), and `shoal agent` processes that join
+//! it, each with its own state dir and node name, all on the one local Docker engine (each agent
+//! manages only the containers labelled with its node id). Agents and CLI runs are given every
+//! manager's address.
 //! [`Nodes`] starts, kills (`-9`), stops and restarts agents, and — pass or fail — kills every
 //! process it started, then removes every container, network and volume labelled with one of
 //! its nodes (the containers of agents killed on purpose included).
@@ -44,11 +46,24 @@ impl Agent {
     }
 }
 
-/// A manager and its agents.
+/// The managers and their agents.
 pub struct Nodes {
     pub managers: Managers,
     pub agents: Vec<Agent>,
     token: String,
+}
+
+/// Agents sharing one engine may each create a project's network at the same moment; they settle
+/// on one when the engine calls the name ambiguous. An engine in swarm mode (docker 20.10) does
+/// not: it attaches the container to whichever duplicate and later fails its start with "Could
+/// not attach to network ...: NotFound". Say so up front instead of failing obscurely.
+fn assert_engine_not_in_swarm() {
+    let state = docker_ok(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
+    assert!(
+        state.trim() != "active",
+        "the Docker engine is in swarm mode (`docker swarm leave --force`, or wait for `scripts/bench up` \
+         to finish): agents sharing one engine cannot settle duplicate networks there"
+    );
 }
 
 impl Nodes {
@@ -57,9 +72,21 @@ impl Nodes {
     pub fn start(agents: &[(&str, &[&str])]) -> Nodes {
         let mut managers = Managers::new(&[]);
         managers.bootstrap("m1");
+        Nodes::with_managers(managers, agents)
+    }
+
+    /// A new highly-available cluster: `managers` voting managers `m1`.. (no agents of their
+    /// own; see [`Managers::start`]) and one agent per `(name, labels)`, each given every
+    /// manager's address, joined and ready.
+    pub fn start_ha(managers: usize, agents: &[(&str, &[&str])]) -> Nodes {
+        Nodes::with_managers(Managers::start(managers, &[]), agents)
+    }
+
+    fn with_managers(managers: Managers, agents: &[(&str, &[&str])]) -> Nodes {
+        assert_engine_not_in_swarm();
         let token = managers
             .client()
-            .ok(&["-H", &managers.addr(0), "cluster", "join-token", "worker", "-q"])
+            .ok(&["-H", &managers.hosts(), "cluster", "join-token", "worker", "-q"])
             .stdout
             .trim()
             .into();
@@ -70,9 +97,10 @@ impl Nodes {
         nodes
     }
 
-    /// The manager's address (`-H`).
+    /// Every manager's address, comma-separated, stopped ones included: what `-H` and the
+    /// agents' `--join` get (the CLI fails over between them, agents follow the leader).
     pub fn addr(&self) -> String {
-        self.managers.addr(0)
+        self.managers.hosts()
     }
 
     /// Starts a new agent and waits until its node is ready; returns its index.
@@ -264,6 +292,11 @@ impl Nodes {
     pub fn containers_of(&self, i: usize) -> Vec<String> {
         let filter = format!("label={NODE_LABEL}={}", self.agents[i].id);
         docker_ok(&["ps", "-aq", "--no-trunc", "--filter", &filter]).lines().map(str::to_string).collect()
+    }
+
+    /// Everything agent `i` logged, all its runs (to look for a line).
+    pub fn log(&self, i: usize) -> String {
+        self.agents[i].logs.iter().map(|log| std::fs::read_to_string(log).unwrap_or_default()).collect()
     }
 
     /// The last `lines` lines of every log of agent `i`.

@@ -32,6 +32,10 @@ pub enum EngineError {
     #[error("no such container: {0}")]
     ContainerNotFound(String),
 
+    /// `create`: another container already has this name.
+    #[error("the container name {name} is already in use by another container: remove or rename that one")]
+    NameInUse { name: String },
+
     #[error("container {0} has no healthcheck to wait for")]
     NoHealthcheck(String),
 

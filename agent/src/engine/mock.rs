@@ -29,6 +29,9 @@ pub struct MockBehavior {
     pub start_latency: Duration,
     /// `start` fails with this engine message (the container stays created).
     pub start_failure: Option<String>,
+    /// This fraction (0 to 1) of starts fail, chosen at random per start (the container stays
+    /// created), as `start_failure` does. For simulations.
+    pub start_failure_rate: f64,
     /// The process exits by itself this long after starting, with this code.
     pub exit_after: Option<(Duration, i64)>,
     /// The timed exit is an OOM kill (exit code 137, `oom_killed`).
@@ -60,6 +63,8 @@ struct State {
     networks: HashMap<String, String>,
     volumes: HashSet<String>,
     behaviors: HashMap<String, MockBehavior>,
+    /// How containers of images without a behaviour of their own behave.
+    default_behavior: MockBehavior,
     /// `None`: every image is present. `Some`: only these are, the rest must be built/pulled.
     images: Option<HashSet<String>>,
     pullable: HashSet<String>,
@@ -88,7 +93,14 @@ impl Default for MockEngine {
 
 impl MockEngine {
     pub fn new() -> Self {
-        let (events, _) = broadcast::channel(4096);
+        Self::with_event_capacity(4096)
+    }
+
+    /// An engine whose event stream holds `capacity` events for a subscriber that lags (the
+    /// runner then resubscribes and re-inspects every container). The buffer is allocated up
+    /// front, so a simulation of thousands of engines keeps it small.
+    pub fn with_event_capacity(capacity: usize) -> Self {
+        let (events, _) = broadcast::channel(capacity.max(1));
         let info = EngineInfo {
             hostname: "mock".into(),
             nano_cpus: 4_000_000_000,
@@ -109,6 +121,12 @@ impl MockEngine {
     /// Containers created from `image` behave like this (default: start at once, run forever).
     pub fn behave(&self, image: &str, behavior: MockBehavior) -> &Self {
         self.lock().behaviors.insert(image.to_string(), behavior);
+        self
+    }
+
+    /// Containers of images without a behaviour of their own behave like this.
+    pub fn behave_by_default(&self, behavior: MockBehavior) -> &Self {
+        self.lock().default_behavior = behavior;
         self
     }
 
@@ -243,6 +261,16 @@ impl MockEngine {
     }
 }
 
+/// A number in [0, 1), different on every call (std's randomly keyed hasher over a counter).
+fn random_unit() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
 fn matches_labels(labels: &BTreeMap<String, String>, want: &[(&str, &str)]) -> bool {
     want.iter().all(|(k, v)| labels.get(*k).is_some_and(|l| l == v))
 }
@@ -325,10 +353,7 @@ impl Engine for MockEngine {
             });
         }
         if st.names.contains_key(&name) {
-            return Err(EngineError::api(
-                format!("creating container {name}"),
-                format!("Conflict. The container name \"/{name}\" is already in use"),
-            ));
+            return Err(EngineError::NameInUse { name });
         }
         for n in &spec.networks {
             if !st.networks.contains_key(&n.name) {
@@ -340,7 +365,7 @@ impl Engine for MockEngine {
         }
         st.next_id += 1;
         let id = format!("{:064x}", st.next_id);
-        let behavior = st.behaviors.get(&spec.image).cloned().unwrap_or_default();
+        let behavior = st.behaviors.get(&spec.image).unwrap_or(&st.default_behavior).clone();
         let state = ContainerState {
             id: id.clone(),
             name: name.clone(),
@@ -381,7 +406,11 @@ impl Engine for MockEngine {
         if !behavior.start_latency.is_zero() {
             tokio::time::sleep(behavior.start_latency).await;
         }
-        if let Some(message) = behavior.start_failure {
+        let message = behavior.start_failure.clone().or_else(|| {
+            (behavior.start_failure_rate > 0.0 && random_unit() < behavior.start_failure_rate)
+                .then(|| "simulated start failure".to_string())
+        });
+        if let Some(message) = message {
             self.transition(&id, None, None, |s| s.error = Some(message.clone()));
             return Err(EngineError::api(format!("starting container {id}"), message));
         }
@@ -633,6 +662,27 @@ mod tests {
         assert_eq!(outcome, StopOutcome::Killed);
         assert_eq!(t0.elapsed(), Duration::from_secs(7));
         assert_eq!(engine.inspect(&s).await.unwrap().exit_code, Some(137));
+    }
+
+    #[tokio::test]
+    async fn a_default_behaviour_with_a_failure_rate_fails_that_share_of_starts() {
+        let engine = MockEngine::with_event_capacity(8);
+        engine.behave_by_default(MockBehavior { start_failure_rate: 1.0, ..Default::default() });
+        engine.behave("fine", MockBehavior::default());
+        let failing = engine.create(&spec("any", 1)).await.unwrap();
+        assert!(engine.start(&failing).await.is_err());
+        assert_eq!(engine.inspect(&failing).await.unwrap().status, ContainerStatus::Created);
+        let fine = engine.create(&spec("fine", 2)).await.unwrap();
+        engine.start(&fine).await.unwrap();
+
+        engine.behave_by_default(MockBehavior { start_failure_rate: 0.5, ..Default::default() });
+        let mut failed = 0;
+        for n in 10..410 {
+            let id = engine.create(&spec("any", n)).await.unwrap();
+            failed += usize::from(engine.start(&id).await.is_err());
+        }
+        // 400 draws at one half: far outside 120..280 only by a broken generator.
+        assert!((120..280).contains(&failed), "{failed} of 400 failed");
     }
 
     #[tokio::test]

@@ -229,6 +229,77 @@ async fn run_takes_over_an_existing_container_of_the_same_task() {
     assert_eq!(engine.container_count(), 1);
 }
 
+/// Receives statuses of `task` until its state satisfies `done`; returns that last status whole.
+async fn status_until(
+    rx: &mut mpsc::Receiver<TaskStatus>,
+    task: &str,
+    done: impl Fn(&TaskState) -> bool,
+) -> TaskStatus {
+    loop {
+        let s = tokio::time::timeout(Duration::from_secs(3600), rx.recv())
+            .await
+            .expect("no status within the deadline")
+            .expect("status channel closed");
+        if s.task_id == task && done(&s.state) {
+            return s;
+        }
+    }
+}
+
+/// The spec of task `task` of slot `slot` on `node`: its container is `p-svc-<slot>`.
+fn slot_spec(node: &str, task: &str, slot: u32) -> ContainerSpec {
+    let mut spec = spec("x", task);
+    spec.identity.node_id = node.into();
+    spec.identity.container_number = slot;
+    spec
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_another_nodes_container_holds_gets_a_renamed_container() {
+    let engine = MockEngine::new();
+    // A lost node's container of slot 3, stopped but not removed, keeps the name p-svc-3.
+    let lost = engine.create(&slot_spec("node-2", "12", 3)).await.unwrap();
+    let (r, mut rx) = runner(&engine).await;
+    r.run(slot_spec("node-1", "17", 3));
+    let running = status_until(&mut rx, "17", |s| *s == TaskState::Running).await;
+    assert_eq!(running.container_name.as_deref(), Some("p-svc-3-t17"));
+    let created = engine.inspect("p-svc-3-t17").await.unwrap();
+    assert_eq!(created.labels.get(labels::NODE).map(String::as_str), Some("node-1"));
+    assert_eq!(engine.inspect("p-svc-3").await.unwrap().id, lost, "the other node's container is left alone");
+
+    // The renamed container is this node's: after a restart the agent adopts it under that name.
+    drop(r);
+    let (r, mut rx) = runner(&engine).await;
+    assert_eq!(r.adopt().await.unwrap(), vec!["17".to_string()]);
+    let adopted = status_until(&mut rx, "17", |_| true).await;
+    assert_eq!((adopted.state, adopted.container_name.as_deref()), (TaskState::Running, Some("p-svc-3-t17")));
+    assert_eq!(engine.container_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_name_this_nodes_own_container_holds_is_still_an_error() {
+    let engine = MockEngine::new();
+    engine.create(&slot_spec("node-1", "12", 3)).await.unwrap();
+    let (r, mut rx) = runner(&engine).await;
+    r.run(slot_spec("node-1", "17", 3));
+    let failed = status_until(&mut rx, "17", TaskState::is_terminal).await;
+    let TaskState::Failed { reason } = &failed.state else { panic!("{failed:?}") };
+    assert!(reason.contains("the container name p-svc-3 is already in use"), "{reason}");
+    assert_eq!((failed.container_name, engine.container_count()), (None, 1));
+    // A container this runner created under its own name reports no other name.
+    r.run(slot_spec("node-1", "18", 4));
+    assert_eq!(status_until(&mut rx, "18", |s| *s == TaskState::Running).await.container_name, None);
+}
+
+#[test]
+fn renamed_names_are_recognised() {
+    assert_eq!(renamed("p-web-3", "17"), "p-web-3-t17");
+    assert!(is_renamed("p-web-3-t17", "17"));
+    assert!(!is_renamed("p-web-3", "17"));
+    assert!(!is_renamed("p-web-3-t17", "7"));
+    assert!(!is_renamed("-t17", "17"));
+}
+
 #[test]
 fn messages_are_human_readable() {
     assert_eq!(describe(&TaskState::Exited { code: 3 }), "exited with code 3");

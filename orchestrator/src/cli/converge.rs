@@ -1,7 +1,11 @@
 //! When is `up` done? A pure judgement over the tasks the manager reports, so it can be tested
-//! without a cluster. `up -d` waits until every container has started (dependencies permitting);
-//! `up --wait` until every service is running, healthy where it has a healthcheck, and one-shot
-//! services have exited 0.
+//! without a cluster. `up -d` waits until every container has started (dependencies permitting)
+//! or cannot be placed; `up --wait` until every service is running, healthy where it has a
+//! healthcheck, and one-shot services have exited 0 — a task no node fits fails it.
+//!
+//! "Cannot be placed": the scheduler found no node that fits the task (`Task.unplaceable`, its
+//! message says why), or the task waits for a service whose tasks cannot be placed. Such a task
+//! starts when a node fits, which no waiting by the client brings about.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +22,9 @@ pub enum Goal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Converged,
+    /// Only with [`Goal::Started`]: every task has started except these, which cannot be placed;
+    /// per service, why (the deployment is accepted; they start once a node fits).
+    Unplaceable(Vec<(String, String)>),
     Waiting,
     /// Per service, why it cannot converge.
     Failed(Vec<(String, String)>),
@@ -42,6 +49,84 @@ fn missing_replicas(spec: &crate::compose::model::Service, current: &[&pb::Task]
 /// Messages the scheduler gives pending tasks that will not resolve by waiting.
 const PERMANENT: [&str; 2] = ["did not complete successfully", "has no healthcheck"];
 
+/// Why a pending task cannot be placed: no node fits it, or it waits for a service that has a
+/// task no node fits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Stuck {
+    NoNodeFits(String),
+    Dependency(String),
+}
+
+/// The pending tasks (of the services judged) that cannot be placed, by id: those no node fits,
+/// and every pending task of a service that depends on a service with such a task.
+fn stuck_tasks(
+    project: &Project,
+    services: &BTreeSet<String>,
+    tasks: &BTreeMap<u64, pb::Task>,
+) -> BTreeMap<u64, Stuck> {
+    let pending = |t: &pb::Task| t.state == pb::TaskState::Pending as i32;
+    let mut stuck: BTreeMap<u64, Stuck> = BTreeMap::new();
+    let mut blocked: BTreeSet<&String> = BTreeSet::new();
+    for name in services {
+        for task in current_tasks(tasks, name).into_iter().filter(|t| pending(t) && t.unplaceable) {
+            stuck.insert(task.id, Stuck::NoNodeFits(task.message.clone()));
+            blocked.insert(name);
+        }
+    }
+    // Down the dependency edges, until nothing more is blocked.
+    loop {
+        let mut grew = false;
+        for name in services.iter().filter(|n| !blocked.contains(n)) {
+            let Some(spec) = project.services.get(name) else { continue };
+            let Some(dependency) = spec.depends_on.keys().find(|d| blocked.contains(d)) else { continue };
+            for task in current_tasks(tasks, name).into_iter().filter(|t| pending(t)) {
+                stuck.insert(task.id, Stuck::Dependency(dependency.clone()));
+                grew = true;
+            }
+        }
+        if !grew {
+            return stuck;
+        }
+        for task in stuck.keys().filter_map(|id| tasks.get(id)) {
+            if let Some(service) = task.service.as_ref().and_then(|s| services.get(&s.service)) {
+                blocked.insert(service);
+            }
+        }
+    }
+}
+
+/// Per service, one line per distinct reason: "2 of 3 tasks cannot be placed: 0 of 3 nodes
+/// fit: 3 lack 64GiB memory", "1 of 1 task waits for db, which cannot be placed".
+fn stuck_reasons(
+    services: &BTreeSet<String>,
+    tasks: &BTreeMap<u64, pb::Task>,
+    stuck: &BTreeMap<u64, Stuck>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in services {
+        let current = current_tasks(tasks, name);
+        let mut counts: BTreeMap<&Stuck, usize> = BTreeMap::new();
+        for task in &current {
+            if let Some(why) = stuck.get(&task.id) {
+                *counts.entry(why).or_default() += 1;
+            }
+        }
+        let total = current.len();
+        let tasks_word = if total == 1 { "task" } else { "tasks" };
+        for (why, count) in counts {
+            let line = match why {
+                Stuck::NoNodeFits(reason) => format!("{count} of {total} {tasks_word} cannot be placed: {reason}"),
+                Stuck::Dependency(on) => {
+                    let waits = if count == 1 { "waits" } else { "wait" };
+                    format!("{count} of {total} {tasks_word} {waits} for {on}, which cannot be placed")
+                }
+            };
+            out.push((name.clone(), line));
+        }
+    }
+    out
+}
+
 pub fn evaluate(
     project: &Project,
     services: &BTreeSet<String>,
@@ -50,6 +135,7 @@ pub fn evaluate(
 ) -> Verdict {
     let mut failures = Vec::new();
     let mut waiting = false;
+    let stuck = stuck_tasks(project, services, tasks);
     for name in services {
         let Some(spec) = project.services.get(name) else { continue };
         let current = current_tasks(tasks, name);
@@ -58,13 +144,17 @@ pub fn evaluate(
             continue;
         }
         let has_healthcheck = has_healthcheck(spec);
-        for task in current {
+        for task in current.into_iter().filter(|t| !stuck.contains_key(&t.id)) {
             match task_verdict(task, goal, has_healthcheck) {
-                Verdict::Converged => {}
+                Verdict::Converged | Verdict::Unplaceable(_) => {}
                 Verdict::Waiting => waiting = true,
                 Verdict::Failed(reasons) => failures.extend(reasons.into_iter().map(|(_, r)| (name.clone(), r))),
             }
         }
+    }
+    let unplaceable = stuck_reasons(services, tasks, &stuck);
+    if goal == Goal::Healthy {
+        failures.extend(unplaceable.iter().cloned());
     }
     if !failures.is_empty() {
         failures.sort();
@@ -72,6 +162,8 @@ pub fn evaluate(
         Verdict::Failed(failures)
     } else if waiting {
         Verdict::Waiting
+    } else if !unplaceable.is_empty() {
+        Verdict::Unplaceable(unplaceable)
     } else {
         Verdict::Converged
     }
@@ -146,6 +238,20 @@ pub fn print_reasons(reasons: &[(String, String)]) {
             eprintln!("error: {reason}");
         } else {
             eprintln!("error: service {service}: {reason}");
+        }
+    }
+}
+
+/// Warns about the tasks that cannot be placed, per service, with where to follow them.
+pub fn print_unplaceable(stack: &str, reasons: &[(String, String)]) {
+    let mut hinted = BTreeSet::new();
+    for (service, reason) in reasons {
+        eprintln!("warning: service {service}: {reason}");
+        if hinted.insert(service) {
+            eprintln!(
+                "  hint: they start once a node fits them (free resources, add or relabel a node, or change the \
+                 service's placement); follow them with `shoal service ps {stack}/{service}`"
+            );
         }
     }
 }
@@ -277,6 +383,88 @@ mod tests {
             evaluate(&project(), &all(), &tasks, Goal::Healthy),
             Verdict::Failed(vec![("web".into(), "p-web-1: is unhealthy".into())])
         );
+    }
+
+    fn unplaceable(id: u64, service: &str, reason: &str) -> (u64, pb::Task) {
+        let (id, mut t) = task(id, service, pb::TaskState::Pending, pb::Health::Unspecified, None, reason);
+        t.unplaceable = true;
+        (id, t)
+    }
+
+    const NO_FIT: &str = "0 of 3 nodes fit: 3 lack 64GiB memory";
+
+    #[test]
+    fn a_task_no_node_fits_is_a_warning_for_up_d_and_a_failure_for_wait() {
+        let project: Project =
+            serde_yaml::from_str("name: p\nservices:\n  web: {image: x}\n  big: {image: y, scale: 2}\n").unwrap();
+        let services: BTreeSet<String> = ["web".to_string(), "big".to_string()].into();
+        let mut tasks: BTreeMap<_, _> = [
+            task(1, "web", pb::TaskState::Running, pb::Health::Unspecified, None, ""),
+            unplaceable(2, "big", NO_FIT),
+            task(3, "big", pb::TaskState::Running, pb::Health::Unspecified, None, ""),
+        ]
+        .into();
+        let reason = ("big".to_string(), format!("1 of 2 tasks cannot be placed: {NO_FIT}"));
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Started), Verdict::Unplaceable(vec![reason.clone()]));
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Healthy), Verdict::Failed(vec![reason]));
+
+        // Another task still on its way: `up -d` waits for it first; `--wait` fails at once.
+        tasks.insert(1, task(1, "web", pb::TaskState::Starting, pb::Health::Unspecified, None, "").1);
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Started), Verdict::Waiting);
+        assert!(matches!(evaluate(&project, &services, &tasks, Goal::Healthy), Verdict::Failed(_)));
+
+        // A pending task whose reason is not "no node fits" is waited for, whatever its message.
+        let (_, mut waiting) = task(2, "big", pb::TaskState::Pending, pb::Health::Unspecified, None, NO_FIT);
+        waiting.unplaceable = false;
+        tasks.insert(1, task(1, "web", pb::TaskState::Running, pb::Health::Unspecified, None, "").1);
+        tasks.insert(2, waiting);
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Started), Verdict::Waiting);
+        // The flag counts only while the task is pending.
+        let (_, mut placed) = task(2, "big", pb::TaskState::Running, pb::Health::Unspecified, None, "");
+        placed.unplaceable = true;
+        tasks.insert(2, placed);
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Started), Verdict::Converged);
+    }
+
+    #[test]
+    fn a_task_waiting_for_a_service_no_node_fits_cannot_be_placed_either() {
+        let project: Project = serde_yaml::from_str(
+            "name: p\nservices:\n  db: {image: x}\n  api: {image: y, depends_on: {db: {condition: service_started}}}\n  web: {image: z, depends_on: {api: {condition: service_started}}}\n  other: {image: o}\n",
+        )
+        .unwrap();
+        let services: BTreeSet<String> = ["db", "api", "web", "other"].map(String::from).into();
+        let mut tasks: BTreeMap<_, _> = [
+            unplaceable(1, "db", NO_FIT),
+            task(
+                2,
+                "api",
+                pb::TaskState::Pending,
+                pb::Health::Unspecified,
+                None,
+                "waiting for db to start (0 of 1 started)",
+            ),
+            task(
+                3,
+                "web",
+                pb::TaskState::Pending,
+                pb::Health::Unspecified,
+                None,
+                "waiting for api to start (0 of 1 started)",
+            ),
+            task(4, "other", pb::TaskState::Running, pb::Health::Unspecified, None, ""),
+        ]
+        .into();
+        let expected = vec![
+            ("api".to_string(), "1 of 1 task waits for db, which cannot be placed".to_string()),
+            ("db".to_string(), format!("1 of 1 task cannot be placed: {NO_FIT}")),
+            ("web".to_string(), "1 of 1 task waits for api, which cannot be placed".to_string()),
+        ];
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Started), Verdict::Unplaceable(expected.clone()));
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Healthy), Verdict::Failed(expected));
+
+        // Once db is placed, api waits for it to start like any dependency.
+        tasks.insert(1, task(1, "db", pb::TaskState::Starting, pb::Health::Unspecified, None, "").1);
+        assert_eq!(evaluate(&project, &services, &tasks, Goal::Started), Verdict::Waiting);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod ps;
 pub mod scale;
 pub mod server;
 pub mod service;
+pub mod sim;
 pub mod up;
 pub mod watch;
 
@@ -102,6 +103,8 @@ pub enum Command {
     Node(node::NodeArgs),
     /// The cluster's services: list them, their tasks and where they run, rebalance
     Service(service::ServiceArgs),
+    /// Simulate many nodes in this process (real agent sessions, in-memory engines), for scale tests
+    Sim(sim::SimArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -132,6 +135,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Logs(args) => logs::run(&cli.project, &target, args).await,
             Command::Scale(args) => scale::run(&cli.project, &target, args).await,
             Command::Ls(args) => ls::run(&target, args).await,
+            Command::Sim(args) => sim::run(args).await,
         }
     })
 }

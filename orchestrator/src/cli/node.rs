@@ -28,6 +28,9 @@ pub enum NodeCommand {
         /// Print only the node ids
         #[arg(short, long)]
         quiet: bool,
+        /// A table, or JSON (one object per node) for scripts
+        #[arg(long, value_enum, default_value_t = ListFormat::Table)]
+        format: ListFormat,
     },
     /// Show a node in detail: resources, labels, platform, address, manager status, its tasks
     Inspect {
@@ -72,6 +75,14 @@ pub enum Format {
     Json,
 }
 
+/// `node ls --format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    #[default]
+    Table,
+    Json,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AvailabilityArg {
     Active,
@@ -87,10 +98,10 @@ pub async fn run(target: &Target, args: &NodeArgs) -> anyhow::Result<i32> {
     let connection = connect(target).await?;
     let mut control = connection.control.clone();
     let (node, action, force) = match &args.command {
-        NodeCommand::Ls { quiet } => {
+        NodeCommand::Ls { quiet, format } => {
             let nodes = control.list_nodes(pb::ListNodesRequest { stale: target.stale }).await.map_err(message)?;
             let status = control.cluster_status(pb::ClusterStatusRequest { stale: true }).await.map_err(message)?;
-            print_nodes(&nodes.into_inner().nodes, &status.into_inner(), *quiet);
+            print_nodes(&nodes.into_inner().nodes, &status.into_inner(), *quiet, *format)?;
             connection.close().await;
             return Ok(0);
         }
@@ -136,35 +147,63 @@ pub async fn run(target: &Target, args: &NodeArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-fn print_nodes(nodes: &[pb::Node], status: &pb::ClusterStatusResponse, quiet: bool) {
+fn print_nodes(
+    nodes: &[pb::Node],
+    status: &pb::ClusterStatusResponse,
+    quiet: bool,
+    format: ListFormat,
+) -> anyhow::Result<()> {
     if quiet {
         for node in nodes {
             println!("{}", node.id);
         }
-        return;
+        return Ok(());
     }
-    let manager_of = |id: &str| status.managers.iter().find(|m| m.name == id);
+    match format {
+        ListFormat::Table => println!("{}", nodes_table(nodes, status)),
+        ListFormat::Json => println!("{}", serde_json::to_string_pretty(&nodes_json(nodes, status))?),
+    }
+    Ok(())
+}
+
+fn nodes_table(nodes: &[pb::Node], status: &pb::ClusterStatusResponse) -> Table {
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
     table.set_header(["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE"]);
     for node in nodes {
-        let manager = match manager_of(&node.id) {
-            Some(m) if m.id == status.leader => "leader".to_string(),
-            Some(m) if !m.voter => "learner".to_string(),
-            Some(m) if m.reachable => "reachable".to_string(),
-            Some(_) => "unreachable".to_string(),
-            None => String::new(),
-        };
         table.add_row([
             node.id.clone(),
             node.hostname.clone(),
             node.status.clone(),
             node.availability.clone(),
-            manager,
+            manager_status(node, status),
             node.engine_version.clone(),
         ]);
     }
-    println!("{table}");
+    table
+}
+
+/// `node ls --format json`: one object per node, the table's columns and a little more (the
+/// details are `node inspect`'s).
+fn nodes_json(nodes: &[pb::Node], status: &pb::ClusterStatusResponse) -> serde_json::Value {
+    nodes
+        .iter()
+        .map(|node| {
+            let labels: BTreeMap<&String, &String> = node.labels.iter().collect();
+            serde_json::json!({
+                "ID": node.id,
+                "Hostname": node.hostname,
+                "Role": node.role,
+                "Status": node.status,
+                "StatusMessage": node.status_message,
+                "Availability": node.availability,
+                "ManagerStatus": manager_status(node, status),
+                "EngineVersion": node.engine_version,
+                "Address": node.address,
+                "Labels": labels,
+            })
+        })
+        .collect()
 }
 
 /// `node inspect`: the nodes (each by id or hostname) with their tasks; exit 1 if one is unknown.
@@ -364,6 +403,46 @@ mod tests {
         assert_eq!(format_bytes(8_242_724_864), "7.7 GiB");
         assert_eq!(format_cpus(4_000_000_000), "4");
         assert_eq!(format_cpus(500_000_000), "0.5");
+    }
+
+    #[test]
+    fn node_ls_json_has_the_table_columns() {
+        let m1 = pb::Node {
+            id: "m1".into(),
+            hostname: "host1".into(),
+            role: "manager".into(),
+            status: "ready".into(),
+            availability: "active".into(),
+            engine_version: "27.0".into(),
+            labels: [("zone".to_string(), "east".to_string())].into(),
+            ..Default::default()
+        };
+        let w1 = pb::Node {
+            id: "w1".into(),
+            role: "worker".into(),
+            status: "down".into(),
+            status_message: "no heartbeat for 6.2s".into(),
+            ..Default::default()
+        };
+        let status = pb::ClusterStatusResponse {
+            leader: 7,
+            managers: vec![pb::ManagerStatus {
+                id: 7,
+                name: "m1".into(),
+                voter: true,
+                reachable: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = nodes_json(&[m1.clone(), w1.clone()], &status);
+        assert_eq!(json[0]["ID"], "m1");
+        assert_eq!(json[0]["ManagerStatus"], "leader");
+        assert_eq!(json[0]["Labels"]["zone"], "east");
+        assert_eq!((json[1]["Status"].as_str(), json[1]["ManagerStatus"].as_str()), (Some("down"), Some("")));
+        assert_eq!(json[1]["StatusMessage"], "no heartbeat for 6.2s");
+        let table = nodes_table(&[m1, w1], &status).to_string();
+        assert!(table.lines().any(|l| l.contains("m1") && l.contains("leader") && l.contains("27.0")), "{table}");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `shoal scale SERVICE=N...`: change replica counts and wait until the new tasks have started.
+//! `shoal scale SERVICE=N...`: change replica counts and wait until the new tasks have started
+//! or cannot be placed (a warning: they start once a node fits them).
 
 use std::collections::BTreeSet;
 
@@ -6,7 +7,7 @@ use clap::Args;
 use shoal_proto::v1 as pb;
 
 use super::connect::{connect, Connection, Target};
-use super::converge::{print_reasons, Goal, Verdict};
+use super::converge::{print_reasons, print_unplaceable, Goal, Verdict};
 use super::{load_project, ProjectArgs};
 use crate::compose::model::Project;
 
@@ -83,6 +84,11 @@ async fn scale(
         Verdict::Failed(reasons) => {
             print_reasons(&reasons);
             Ok(1)
+        }
+        Verdict::Unplaceable(reasons) => {
+            print_unplaceable(&project.name, &reasons);
+            super::up::settle(connection, &project, &selected, None).await?;
+            Ok(0)
         }
         // Scaled down: the surplus containers go before this process (and with it the
         // embedded agent that removes them) exits.

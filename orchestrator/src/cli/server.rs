@@ -14,6 +14,7 @@ use shoal_agent::engine::docker::DockerEngine;
 use shoal_proto::v1 as pb;
 use shoal_proto::v1::raft_client::RaftClient;
 
+use crate::dispatcher::server::{DispatcherConfig, DispatcherConfigError, MIN_HEARTBEAT};
 use crate::local_agent::{LocalAgent, LocalAgentConfig};
 use crate::manager::peers::service::rand_id;
 use crate::manager::peers::transport::endpoint;
@@ -62,6 +63,14 @@ pub struct ServerArgs {
     /// Applied entries between snapshots (each followed by log compaction)
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub snapshot_every: u64,
+    /// How often agents send heartbeats to the managers (at least 100ms; each agent sends a little
+    /// early at random, up to a fifth of the period)
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub node_heartbeat: Duration,
+    /// A ready node not heard from for this long is marked down, and its replicated tasks are
+    /// started on other nodes (must be longer than --node-heartbeat; a few periods is sensible)
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub node_down_after: Duration,
     /// Node label for this manager's agent (repeatable)
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -81,6 +90,33 @@ pub fn raft_timing(election: Duration, heartbeat: Duration) -> anyhow::Result<(D
     let heartbeat_tick = ticks(heartbeat);
     let election_tick = ticks(election).max(heartbeat_tick + 1);
     Ok((tick, heartbeat_tick, election_tick))
+}
+
+/// The dispatcher's settings with the requested node timings, or why they are refused (naming
+/// the flags).
+pub fn node_timing(
+    mut config: DispatcherConfig,
+    heartbeat: Duration,
+    down_after: Duration,
+) -> anyhow::Result<DispatcherConfig> {
+    config.heartbeat_period = heartbeat;
+    config.down_after = down_after;
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    match config.validate() {
+        Ok(()) => Ok(config),
+        Err(DispatcherConfigError::HeartbeatTooShort { period }) => bail!(
+            "--node-heartbeat {} is too short: agents heartbeat at most every {}\nhint: use --node-heartbeat {} or longer",
+            show(period),
+            show(MIN_HEARTBEAT),
+            show(MIN_HEARTBEAT)
+        ),
+        Err(DispatcherConfigError::DownTooSoon { down_after, heartbeat }) => bail!(
+            "--node-down-after ({}) must be longer than --node-heartbeat ({})\nhint: allow a few missed heartbeats, e.g. --node-down-after {}",
+            show(down_after),
+            show(heartbeat),
+            show(heartbeat * 3)
+        ),
+    }
 }
 
 pub fn parse_labels(labels: &[String]) -> anyhow::Result<Vec<(String, String)>> {
@@ -206,6 +242,7 @@ fn random_bytes(count: usize) -> anyhow::Result<Vec<u8>> {
 
 pub async fn run(state_dir: &Path, args: &ServerArgs) -> anyhow::Result<i32> {
     let (tick, heartbeat_tick, election_tick) = raft_timing(args.election_timeout, args.heartbeat_interval)?;
+    let dispatcher = node_timing(DispatcherConfig::new(""), args.node_heartbeat, args.node_down_after)?;
     let labels = parse_labels(&args.labels)?;
     if args.snapshot_every == 0 {
         bail!("--snapshot-every must be at least 1");
@@ -271,6 +308,7 @@ pub async fn run(state_dir: &Path, args: &ServerArgs) -> anyhow::Result<i32> {
     raft.request_timeout = Duration::from_secs(5);
     let mut config = ManagerConfig::new(state_dir, local.to_string(), "");
     config.raft = raft;
+    config.dispatcher = dispatcher;
     config.initial_state = initial_state;
     config.replication = Some(Replication {
         name: name.clone(),
@@ -380,6 +418,44 @@ mod tests {
         assert_eq!(advertise(listen, Some("10.0.0.5:9000"), &[]), "10.0.0.5:9000");
         let wildcard: SocketAddr = "0.0.0.0:4700".parse().expect("addr");
         assert!(!advertise(wildcard, None, &["127.0.0.1:1".into()]).starts_with("0.0.0.0"));
+    }
+
+    #[test]
+    fn node_timings_are_checked_and_named_by_their_flags() {
+        let base = DispatcherConfig::new("token");
+        let config = node_timing(base.clone(), Duration::from_millis(500), Duration::from_secs(2)).expect("valid");
+        assert_eq!((config.heartbeat_period, config.down_after), (Duration::from_millis(500), Duration::from_secs(2)));
+        assert_eq!(config.join_token, "token");
+
+        let err = node_timing(base.clone(), Duration::from_secs(5), Duration::from_secs(5)).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.starts_with("--node-down-after (5s) must be longer than --node-heartbeat (5s)"), "{text}");
+        assert!(text.contains("hint: allow a few missed heartbeats, e.g. --node-down-after 15s"), "{text}");
+        assert!(node_timing(base.clone(), Duration::from_secs(3), Duration::from_secs(1)).is_err());
+
+        let err = node_timing(base, Duration::from_millis(10), Duration::from_secs(1)).expect_err("refused");
+        assert!(err.to_string().starts_with("--node-heartbeat 10ms is too short"), "{err}");
+    }
+
+    #[test]
+    fn node_timings_default_to_a_down_window_within_ten_seconds() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            server: ServerArgs,
+        }
+        let cli = Cli::try_parse_from(["shoal"]).expect("defaults parse");
+        assert_eq!(cli.server.node_heartbeat, Duration::from_secs(2));
+        assert_eq!(cli.server.node_down_after, Duration::from_secs(6));
+        assert!(cli.server.node_down_after <= Duration::from_secs(10));
+        let cli =
+            Cli::try_parse_from(["shoal", "--node-heartbeat", "250ms", "--node-down-after", "1s"]).expect("parse");
+        assert_eq!(
+            (cli.server.node_heartbeat, cli.server.node_down_after),
+            (Duration::from_millis(250), Duration::from_secs(1))
+        );
+        assert!(Cli::try_parse_from(["shoal", "--node-down-after", "soon"]).is_err());
     }
 
     #[test]

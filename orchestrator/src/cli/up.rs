@@ -8,7 +8,7 @@ use clap::Args;
 use shoal_proto::v1 as pb;
 
 use super::connect::{connect, Connection, Target};
-use super::converge::{evaluate, print_reasons, still_waiting, Goal, Verdict};
+use super::converge::{evaluate, print_reasons, print_unplaceable, still_waiting, Goal, Verdict};
 use super::progress::Progress;
 use super::watch::{Seen, TaskWatch};
 use super::{load_project, ProjectArgs};
@@ -17,10 +17,12 @@ use crate::graph::ServiceGraph;
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
-    /// Run in the background: return once the containers have started
+    /// Run in the background: return once the containers have started (a task no node fits is
+    /// a warning: it starts once a node fits)
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Wait until every service is running and healthy (one-shot services: exited 0); implies -d
+    /// Wait until every service is running and healthy (one-shot services: exited 0); implies
+    /// -d. A task no node fits is a failure
     #[arg(long)]
     pub wait: bool,
     /// With --wait (or -d): give up after this many seconds
@@ -106,6 +108,11 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
         .collect();
     let started = tokio::time::Instant::now();
     let mut outcome = wait_for(&mut connection, project, &selected, &outdated, goal, timeout).await?;
+    if let Verdict::Unplaceable(reasons) = &outcome {
+        // Accepted: those tasks start once a node fits them.
+        print_unplaceable(&project.name, reasons);
+        outcome = Verdict::Converged;
+    }
     if outcome == Verdict::Converged {
         // Replaced and surplus containers go before this process (and with it an embedded
         // agent) exits.
@@ -122,7 +129,7 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &UpArgs) -> 
             print_reasons(&reasons);
             1
         }
-        Verdict::Waiting => 1,
+        Verdict::Waiting | Verdict::Unplaceable(_) => 1,
     };
     if code != 0 || args.detach || args.wait {
         connection.close().await;

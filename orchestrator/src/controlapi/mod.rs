@@ -54,7 +54,7 @@ fn visible(task: &Task, all: bool) -> bool {
 }
 
 pub fn task_view(state: &ClusterState, task: &Task) -> pb::Task {
-    let name = state.services.get(&task.service).map(|s| task.container_name(&s.spec)).unwrap_or_default();
+    let name = state.services.get(&task.service).map(|s| task.actual_name(&s.spec)).unwrap_or_default();
     wire::task(task, name)
 }
 

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::taskspec::{task_spec_with, RestartOwner, TaskSpec, TaskSpecOptions};
+use super::taskspec::{config_hash, task_spec_hashed, RestartOwner, TaskSpec, TaskSpecOptions};
 use crate::manager::cluster::now;
 use crate::manager::tokens::admits_agent;
 use crate::manager::{Cluster, ClusterError};
@@ -45,6 +45,22 @@ pub const SPEC_ERROR_FORMAT: &str = shoal_agent::session::SPEC_ERROR_FORMAT;
 
 /// gRPC metadata key naming the leader in UNAVAILABLE answers of non-leaders.
 pub const LEADER_METADATA: &str = "shoal-leader";
+
+/// The shortest heartbeat period: agents never heartbeat more often than this.
+pub const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
+/// Timings [`DispatcherConfig::validate`] refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DispatcherConfigError {
+    #[error("the heartbeat period ({}) is shorter than {}", humantime::format_duration(*period), humantime::format_duration(MIN_HEARTBEAT))]
+    HeartbeatTooShort { period: Duration },
+    #[error(
+        "the down window ({}) must be longer than the heartbeat period ({})",
+        humantime::format_duration(*down_after),
+        humantime::format_duration(*heartbeat)
+    )]
+    DownTooSoon { down_after: Duration, heartbeat: Duration },
+}
 
 #[derive(Debug, Clone)]
 pub struct DispatcherConfig {
@@ -72,7 +88,9 @@ impl DispatcherConfig {
             heartbeat_period: Duration::from_secs(2),
             down_after: Duration::from_secs(6),
             engine_restarts: false,
-            status_batch_max: 1000,
+            // Large enough that a big deploy's reports (thousands of agents, several reports per
+            // task) do not queue behind one another for many rounds of the raft log.
+            status_batch_max: 20_000,
         }
     }
 
@@ -83,15 +101,17 @@ impl DispatcherConfig {
         self
     }
 
-    pub fn validate(&self) -> Result<(), String> {
-        if self.heartbeat_period < Duration::from_millis(10) {
-            return Err(format!("heartbeat period {:?} is too short (at least 10ms)", self.heartbeat_period));
+    /// Checks the timings: agents heartbeat at least every [`MIN_HEARTBEAT`] (they never go
+    /// faster), and a node is marked down only after more than one heartbeat period.
+    pub fn validate(&self) -> Result<(), DispatcherConfigError> {
+        if self.heartbeat_period < MIN_HEARTBEAT {
+            return Err(DispatcherConfigError::HeartbeatTooShort { period: self.heartbeat_period });
         }
         if self.down_after <= self.heartbeat_period {
-            return Err(format!(
-                "down_after ({:?}) must be longer than the heartbeat period ({:?})",
-                self.down_after, self.heartbeat_period
-            ));
+            return Err(DispatcherConfigError::DownTooSoon {
+                down_after: self.down_after,
+                heartbeat: self.heartbeat_period,
+            });
         }
         Ok(())
     }
@@ -139,6 +159,10 @@ struct Inner {
     cluster: Cluster,
     config: DispatcherConfig,
     last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Every node's status as of the last assignment view, for heartbeats: they must not wait
+    /// for the state's lock, which the raft thread and long readers (an orchestration round
+    /// over a large state) can hold for a while — a late heartbeat ends a session.
+    statuses: Mutex<Arc<HashMap<NodeId, NodeStatus>>>,
     batches: mpsc::Sender<Batch>,
     view: watch::Receiver<Arc<AssignmentView>>,
     leader: watch::Receiver<bool>,
@@ -176,7 +200,7 @@ impl DispatcherService {
         cluster: Cluster,
         config: DispatcherConfig,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<(DispatcherService, DispatcherTasks), String> {
+    ) -> Result<(DispatcherService, DispatcherTasks), DispatcherConfigError> {
         config.validate()?;
         let (batch_tx, batch_rx) = mpsc::channel(4096);
         let (view_tx, view_rx) = watch::channel(Arc::new(AssignmentView::default()));
@@ -185,6 +209,7 @@ impl DispatcherService {
             cluster,
             config,
             last_seen: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(Arc::new(HashMap::new())),
             batches: batch_tx,
             view: view_rx,
             leader: leader_rx,
@@ -237,6 +262,12 @@ impl Inner {
 
     fn touch(&self, node: &str) {
         lock(&self.last_seen).insert(node.to_string(), Instant::now());
+    }
+
+    /// The node's status as of the last view, else (a node that registered since) as applied.
+    fn recent_node_status(&self, node: &str) -> Option<NodeStatus> {
+        let statuses = lock(&self.statuses).clone();
+        statuses.get(node).copied().or_else(|| self.node_status(node))
     }
 
     fn node_status(&self, node: &str) -> Option<NodeStatus> {
@@ -401,7 +432,9 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         let inner = &self.inner;
         inner.require_leader()?;
         let node = request.into_inner().node_id;
-        let status = inner.node_status(&node);
+        // Recent is enough: a node that was just marked down and heartbeats now is brought back by
+        // its next heartbeat.
+        let status = inner.recent_node_status(&node);
         let Some(status) = status else {
             return Err(Status::not_found(format!("node {node} is not registered: register it again")));
         };
@@ -466,6 +499,7 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
         message: u.message,
         ports: u.ports,
         cleanup_errors: u.cleanup_errors,
+        container_name: Some(u.container_name).filter(|n| !n.is_empty()),
     })
 }
 
@@ -547,9 +581,21 @@ struct ViewBuilder {
     /// Each task's assignment and the spec bytes it was made from.
     assignments: HashMap<TaskId, (Arc<Vec<u8>>, Arc<pb::Assignment>)>,
     nodes: HashMap<NodeId, Arc<NodeAssignments>>,
+    /// Each service's config hash, for the service version and stack update it was made from.
+    hashes: HashMap<ServiceId, ((u64, Millis), Arc<str>)>,
 }
 
 impl ViewBuilder {
+    fn new(options: TaskSpecOptions) -> Self {
+        ViewBuilder {
+            options,
+            specs: HashMap::new(),
+            assignments: HashMap::new(),
+            nodes: HashMap::new(),
+            hashes: HashMap::new(),
+        }
+    }
+
     fn build(&mut self, state: &ClusterState) -> AssignmentView {
         let mut nodes: HashMap<NodeId, NodeAssignments> = HashMap::new();
         let mut assignments = HashMap::new();
@@ -586,6 +632,7 @@ impl ViewBuilder {
             nodes.entry(node.clone()).or_default().insert(task.id, assignment);
         }
         self.specs.retain(|id, _| assignments.contains_key(id));
+        self.hashes.retain(|id, _| state.services.contains_key(id));
         self.assignments = assignments;
         let nodes: HashMap<NodeId, Arc<NodeAssignments>> = nodes
             .into_iter()
@@ -617,19 +664,33 @@ impl ViewBuilder {
             return (cached.format, cached.spec.clone());
         }
         let resolve = |name: &str| resolve_service_container(state, &task.service.stack, name, node);
-        let built =
-            task_spec_with(&stack.project, &task.service.service, &service.spec, task, node, &resolve, self.options)
-                .map_err(|e| e.to_string())
-                .map(|mut spec| {
-                    // `down -t`: the stop timeout given for the removal wins.
-                    if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
-                        spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
-                    }
-                    spec
-                })
-                .and_then(|spec| {
-                    serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}"))
-                });
+        let hash = match self.hashes.get(&task.service).filter(|(k, _)| *k == key) {
+            Some((_, hash)) => hash.clone(),
+            None => {
+                let hash: Arc<str> = config_hash(&stack.project, &task.service.service, &service.spec).into();
+                self.hashes.insert(task.service.clone(), (key, hash.clone()));
+                hash
+            }
+        };
+        let built = task_spec_hashed(
+            &stack.project,
+            &task.service.service,
+            &service.spec,
+            &hash,
+            task,
+            node,
+            &resolve,
+            self.options,
+        )
+        .map_err(|e| e.to_string())
+        .map(|mut spec| {
+            // `down -t`: the stop timeout given for the removal wins.
+            if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
+                spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
+            }
+            spec
+        })
+        .and_then(|spec| serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}")));
         match built {
             Ok(bytes) => {
                 let spec = Arc::new(bytes);
@@ -656,15 +717,14 @@ fn resolve_service_container(state: &ClusterState, stack: &str, name: &str, node
         .filter(|t| t.node.as_deref() == Some(node))
         .min_by_key(|t| (t.slot.max(1), std::cmp::Reverse(t.id)))
         .or_else(|| live.iter().filter(|t| t.slot <= 1).max_by_key(|t| t.id))?;
-    Some(pick.container_name(&record.spec))
+    Some(pick.actual_name(&record.spec))
 }
 
 async fn build_views(inner: Arc<Inner>, view: watch::Sender<Arc<AssignmentView>>, leader: watch::Sender<bool>) {
     let options = TaskSpecOptions {
         restart: if inner.config.engine_restarts { RestartOwner::Engine } else { RestartOwner::ControlPlane },
     };
-    let mut builder =
-        ViewBuilder { options, specs: HashMap::new(), assignments: HashMap::new(), nodes: HashMap::new() };
+    let mut builder = ViewBuilder::new(options);
     let mut changes = inner.cluster.subscribe();
     let mut raft = inner.cluster.raft().status_watch();
     let mut shutdown = inner.shutdown.clone();
@@ -676,8 +736,28 @@ async fn build_views(inner: Arc<Inner>, view: watch::Sender<Arc<AssignmentView>>
                 if changed.is_err() {
                     return;
                 }
-                let built = inner.cluster.read(|state| builder.build(state));
-                view.send_replace(Arc::new(built));
+                // Building specs for a large deploy takes a while: on a blocking thread, so
+                // that the runtime's workers keep serving heartbeats and reports meanwhile.
+                let cluster = inner.cluster.clone();
+                let mut taken = std::mem::replace(&mut builder, ViewBuilder::new(options));
+                let built = tokio::task::spawn_blocking(move || {
+                    let (built, statuses) = cluster.read(|state| {
+                        let statuses: HashMap<NodeId, NodeStatus> =
+                            state.nodes.values().map(|n| (n.id.clone(), n.status)).collect();
+                        (taken.build(state), statuses)
+                    });
+                    (taken, built, statuses)
+                })
+                .await;
+                match built {
+                    Ok((used, built, statuses)) => {
+                        builder = used;
+                        *lock(&inner.statuses) = Arc::new(statuses);
+                        view.send_replace(Arc::new(built));
+                    }
+                    // The builder's caches went with the failed thread; the next change rebuilds.
+                    Err(e) => tracing::error!("building the assignment view failed: {e}"),
+                }
             }
             changed = raft.changed() => {
                 if changed.is_err() {
@@ -734,7 +814,7 @@ async fn monitor(inner: Arc<Inner>) {
             .map(|(id, quiet)| Command::SetNodeStatus {
                 node: id.clone(),
                 status: NodeStatus::Down,
-                message: format!("no heartbeat for {}s", quiet.as_secs()),
+                message: format!("no heartbeat for {:.1}s", quiet.as_secs_f64()),
                 at: stamp,
             })
             .collect();
@@ -827,7 +907,18 @@ mod tests {
         let config = DispatcherConfig::new("t");
         config.validate().unwrap();
         assert!(config.down_after + config.check_every() <= Duration::from_secs(10));
-        assert!(DispatcherConfig::new("t").with_heartbeat(Duration::from_secs(1), 1).validate().is_err());
+        assert_eq!(
+            DispatcherConfig::new("t").with_heartbeat(Duration::from_secs(1), 1).validate(),
+            Err(DispatcherConfigError::DownTooSoon {
+                down_after: Duration::from_secs(1),
+                heartbeat: Duration::from_secs(1)
+            })
+        );
+        let too_fast = DispatcherConfig::new("t").with_heartbeat(Duration::from_millis(50), 4);
+        assert_eq!(
+            too_fast.validate(),
+            Err(DispatcherConfigError::HeartbeatTooShort { period: Duration::from_millis(50) })
+        );
     }
 
     fn update(task: TaskId) -> StatusUpdate {
@@ -841,6 +932,7 @@ mod tests {
             message: String::new(),
             ports: Vec::new(),
             cleanup_errors: Vec::new(),
+            container_name: None,
         }
     }
 

@@ -92,6 +92,24 @@ pub fn task_spec_with(
     resolve: &dyn Fn(&str) -> Option<String>,
     options: TaskSpecOptions,
 ) -> Result<TaskSpec> {
+    let hash = config_hash(project, service_name, service);
+    task_spec_hashed(project, service_name, service, &hash, task, node_id, resolve, options)
+}
+
+/// [`task_spec_with`] given the service's [`config_hash`], which costs a JSON rendering and a
+/// SHA-256 of the whole service: the dispatcher computes it once per service version rather
+/// than once per task.
+#[allow(clippy::too_many_arguments)]
+pub fn task_spec_hashed(
+    project: &Project,
+    service_name: &str,
+    service: &Service,
+    config_hash: &str,
+    task: &Task,
+    node_id: &str,
+    resolve: &dyn Fn(&str) -> Option<String>,
+    options: TaskSpecOptions,
+) -> Result<TaskSpec> {
     if task.service.service != service_name {
         return Err(TaskSpecError::WrongService {
             task: task.id,
@@ -121,7 +139,7 @@ pub fn task_spec_with(
         project: t.stack.to_string(),
         service: service_name.to_string(),
         container_number,
-        config_hash: config_hash(project, service_name, service),
+        config_hash: config_hash.to_string(),
         node_id: node_id.to_string(),
         task_id: task.id.to_string(),
     };

@@ -32,14 +32,27 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         let at = now();
-        let commands = cluster.read(|state| {
-            let mut commands = reconcile(state, at);
-            commands.extend(schedule(state, at));
-            // Moves start only for settled services, where reconcile and schedule have nothing
-            // to do, so deciding them from the same snapshot cannot conflict.
-            commands.extend(rebalance_all(state, at));
-            commands
-        });
+        // A round over a large state takes a while (100,000 tasks: ~0.1 s): on a blocking
+        // thread, so that the runtime's workers keep serving heartbeats and reports meanwhile.
+        let reader = cluster.clone();
+        let decided = tokio::task::spawn_blocking(move || {
+            reader.read(|state| {
+                let mut commands = reconcile(state, at);
+                commands.extend(schedule(state, at));
+                // Moves start only for settled services, where reconcile and schedule have
+                // nothing to do, so deciding them from the same snapshot cannot conflict.
+                commands.extend(rebalance_all(state, at));
+                commands
+            })
+        })
+        .await;
+        let commands = match decided {
+            Ok(commands) => commands,
+            Err(e) => {
+                tracing::error!("an orchestration round failed: {e}");
+                continue;
+            }
+        };
         if commands.is_empty() {
             continue;
         }

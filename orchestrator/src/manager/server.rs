@@ -20,7 +20,7 @@ use super::peers::service::RaftService;
 use super::peers::transport::GrpcTransport;
 use super::{members, orchestrate};
 use crate::controlapi::ControlService;
-use crate::dispatcher::server::{DispatcherConfig, DispatcherService, DispatcherTasks};
+use crate::dispatcher::server::{DispatcherConfig, DispatcherConfigError, DispatcherService, DispatcherTasks};
 use crate::store::raft::{self, NoopTransport, RaftConfig, RaftTask, StoreError, Transport};
 use crate::store::state::{ClusterState, ManagerInfo};
 
@@ -31,7 +31,7 @@ pub enum ManagerError {
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: std::io::Error },
     #[error("invalid dispatcher settings: {0}")]
-    Dispatcher(String),
+    Dispatcher(#[from] DispatcherConfigError),
 }
 
 /// How a manager of a replicated cluster is known to the others.

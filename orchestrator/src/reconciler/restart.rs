@@ -90,6 +90,7 @@ mod tests {
             health: None,
             ports: Vec::new(),
             message: String::new(),
+            unplaceable: false,
             cleanup_errors: Vec::new(),
             config_hash: String::new(),
             service_version: 1,
@@ -98,6 +99,7 @@ mod tests {
             created_at: 0,
             updated_at: 1_000,
             replaces: None,
+            renamed: None,
         }
     }
 

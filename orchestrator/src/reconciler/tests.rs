@@ -90,6 +90,7 @@ fn finish(state: &mut ClusterState, task: &Task, code: i64, at: u64) {
             message: format!("exited with code {code}"),
             ports: Vec::new(),
             cleanup_errors: Vec::new(),
+            container_name: None,
         }],
         at,
     });
@@ -262,6 +263,7 @@ fn a_removed_task_whose_cleanup_failed_is_kept_a_moment_for_watchers() {
             message: "removed".into(),
             ports: Vec::new(),
             cleanup_errors: vec![error.clone()],
+            container_name: None,
         }],
         at: 10,
     });
@@ -310,4 +312,24 @@ fn removal_goes_in_reverse_dependency_order() {
     agents_run_everything(&mut state);
     converge(&mut state, 1);
     assert!(state.stacks.is_empty());
+}
+
+#[test]
+fn services_whose_tasks_interleave_are_each_reconciled_on_their_own() {
+    // Scaled alternately, so the task ids of the two services interleave in the state.
+    let mut state = state_with(&["n1", "n2"], &[("web", "image: x", 1), ("db", "image: d", 1)]);
+    converge(&mut state, 0);
+    for replicas in 2..=5 {
+        for service in ["web", "db"] {
+            state.apply(Command::ScaleService { service: ServiceId::new("p", service), replicas, at: 1 });
+            converge(&mut state, 1);
+        }
+    }
+    assert_eq!(live(&state, "web").iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(live(&state, "db").iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert!(reconcile(&state, 1).is_empty(), "converged");
+    state.apply(Command::ScaleService { service: ServiceId::new("p", "db"), replicas: 2, at: 2 });
+    converge(&mut state, 2);
+    assert_eq!(live(&state, "web").len(), 5, "the other service keeps its tasks");
+    assert_eq!(live(&state, "db").iter().map(|t| t.slot).collect::<Vec<_>>(), [1, 2]);
 }

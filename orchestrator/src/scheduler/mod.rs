@@ -37,6 +37,7 @@ pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
     let holders = ContainerHolders::new(state);
     let mut assignments: Vec<(TaskId, NodeId)> = Vec::new();
     let mut messages: Vec<(TaskId, String)> = Vec::new();
+    let mut unplaceable: Vec<TaskId> = Vec::new();
 
     let mut pending: Vec<&Task> =
         state.tasks.values().filter(|t| t.state == TaskState::Pending && t.desired == DesiredState::Running).collect();
@@ -55,23 +56,27 @@ pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
                 candidates: None,
             }),
         };
+        // The reason it stays pending, and whether it is that no node fits it.
         let reason = if let Some(reason) = &pass.waiting {
-            Some(reason.clone())
+            Some((reason.clone(), false))
         } else if task.not_before > now {
-            Some(format!("restarting (attempt {}) after a delay", task.restarts))
+            Some((format!("restarting (attempt {}) after a delay", task.restarts), false))
         } else if let Some(previous) = holders.previous(task) {
-            Some(format!("waiting for the previous container of this replica (task {previous}) to be removed"))
+            Some((format!("waiting for the previous container of this replica (task {previous}) to be removed"), false))
         } else {
             match pass.place(&mut view, task) {
                 Ok(position) => {
                     assignments.push((task.id, view.nodes[position].id.clone()));
                     None
                 }
-                Err(reason) => Some(reason),
+                Err(reason) => Some((reason, true)),
             }
         };
-        if let Some(reason) = reason {
-            if reason != task.message {
+        if let Some((reason, no_fit)) = reason {
+            if reason != task.message || no_fit != task.unplaceable {
+                if no_fit {
+                    unplaceable.push(task.id);
+                }
                 messages.push((task.id, reason));
             }
         }
@@ -82,7 +87,7 @@ pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
         commands.push(Command::AssignTasks { assignments, at: now });
     }
     if !messages.is_empty() {
-        commands.push(Command::SetTaskMessages { messages, at: now });
+        commands.push(Command::SetTaskMessages { messages, unplaceable, at: now });
     }
     commands
 }

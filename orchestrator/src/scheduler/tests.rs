@@ -111,6 +111,7 @@ pub fn agents_run_everything(state: &mut ClusterState) {
                 message: String::new(),
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
+                container_name: None,
             }
         })
         .collect();
@@ -162,6 +163,7 @@ fn dependencies_gate_placement_with_a_reason() {
     let web = tasks_of(&state, "web")[0];
     assert_eq!(web.state, TaskState::Pending);
     assert_eq!(web.message, "waiting for api to be healthy (0 of 1 healthy)");
+    assert!(!web.unplaceable, "waiting for a dependency is not a placement failure");
     assert_eq!(tasks_of(&state, "api")[0].state, TaskState::Assigned, "independent service starts at once");
     agents_run_everything(&mut state);
     converge(&mut state, 0);
@@ -203,6 +205,7 @@ fn completed_successfully_gates_on_exit_code() {
                 message: format!("exited with code {code}"),
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
+                container_name: None,
             }],
             at: 1,
         });
@@ -264,6 +267,66 @@ fn no_nodes_is_a_reason_too() {
     let mut state = state_with(&[], &[("web", "image: x", 1)]);
     converge(&mut state, 0);
     assert_eq!(tasks_of(&state, "web")[0].message, "no nodes are available");
+    assert!(tasks_of(&state, "web")[0].unplaceable);
+}
+
+#[test]
+fn a_task_no_node_fits_is_marked_unplaceable_until_one_does() {
+    let mut state = state_with(&["a"], &[("db", "{image: x, deploy: {resources: {reservations: {memory: 16g}}}}", 1)]);
+    converge(&mut state, 0);
+    let db = tasks_of(&state, "db")[0].clone();
+    assert_eq!((db.state, db.unplaceable), (TaskState::Pending, true));
+    assert_eq!(db.message, "0 of 1 nodes fit: 1 lacks 16GiB memory");
+    // Same reason, same flag: nothing to write again.
+    assert!(schedule(&state, 0).is_empty());
+
+    // A flag lost (a state from before it existed) is written again though the message is equal.
+    state.tasks.get_mut(&db.id).unwrap().unplaceable = false;
+    let commands = schedule(&state, 0);
+    assert!(
+        matches!(&commands[..], [Command::SetTaskMessages { unplaceable, .. }] if unplaceable == &[db.id]),
+        "{commands:?}"
+    );
+
+    // A node that fits joins: the task is placed and the flag goes.
+    let mut big = node("big");
+    big.memory_bytes = 32 << 30;
+    state.apply(Command::RegisterNode { node: Box::new(big) });
+    converge(&mut state, 0);
+    let db = tasks_of(&state, "db")[0].clone();
+    assert_eq!((db.state, db.unplaceable, db.message.as_str()), (TaskState::Assigned, false, ""));
+}
+
+#[test]
+fn a_container_its_agent_had_to_rename_is_shown_by_its_actual_name() {
+    let mut state = state_with(&["n1"], &[("web", "image: x", 1)]);
+    converge(&mut state, 0);
+    let task = tasks_of(&state, "web")[0].clone();
+    let report = |state: &mut ClusterState, name: Option<&str>| {
+        state.apply(Command::ReportStatus {
+            updates: vec![crate::store::command::StatusUpdate {
+                task: task.id,
+                node: "n1".into(),
+                state: TaskState::Running,
+                container_id: Some("c1".into()),
+                exit_code: None,
+                health: None,
+                message: String::new(),
+                ports: Vec::new(),
+                cleanup_errors: Vec::new(),
+                container_name: name.map(str::to_string),
+            }],
+            at: 1,
+        });
+    };
+    report(&mut state, None);
+    assert_eq!(crate::controlapi::task_view(&state, &state.tasks[&task.id]).container_name, "p-web-1");
+    let renamed = format!("p-web-1-t{}", task.id);
+    report(&mut state, Some(&renamed));
+    assert_eq!(state.tasks[&task.id].renamed.as_deref(), Some(renamed.as_str()));
+    // Later reports without a name keep it.
+    report(&mut state, None);
+    assert_eq!(crate::controlapi::task_view(&state, &state.tasks[&task.id]).container_name, renamed);
 }
 
 #[test]
@@ -278,6 +341,7 @@ fn a_replaced_replica_waits_for_the_old_container() {
     let new = all.iter().find(|t| t.desired == DesiredState::Running).unwrap();
     assert_eq!(new.state, TaskState::Pending);
     assert!(new.message.starts_with("waiting for the previous container"), "{}", new.message);
+    assert!(!new.unplaceable);
     agents_run_everything(&mut state); // the old one is removed
     converge(&mut state, 0);
     let all: Vec<_> = state.tasks.values().collect();

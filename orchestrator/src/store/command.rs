@@ -2,7 +2,7 @@
 //! log order by every manager. Application is deterministic: no clocks, no randomness, no I/O —
 //! timestamps travel in the command (`at`), ids come from counters in the state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +52,10 @@ pub struct StatusUpdate {
     /// With `Removed`: what the agent could not clean up after the container.
     #[serde(default)]
     pub cleanup_errors: Vec<String>,
+    /// The container's name, when the agent had to give it another than the task's (a name
+    /// held by another node's container on a shared engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 /// A task the reconciler wants created (ids are assigned when applied).
@@ -159,9 +163,12 @@ pub enum Command {
         assignments: Vec<(TaskId, NodeId)>,
         at: Millis,
     },
-    /// Reasons for tasks that stay where they are (pending: why not placed).
+    /// Reasons for tasks that stay where they are (pending: why not placed). Those in
+    /// `unplaceable` wait because no node fits them; the others wait for something else.
     SetTaskMessages {
         messages: Vec<(TaskId, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unplaceable: Vec<TaskId>,
         at: Millis,
     },
     SetDesiredState {
@@ -355,16 +362,19 @@ impl ClusterState {
                             task.node = Some(node);
                             task.state = TaskState::Assigned;
                             task.message = String::new();
+                            task.unplaceable = false;
                             task.updated_at = at;
                         }
                     }
                 }
                 CommandResult::default()
             }
-            Command::SetTaskMessages { messages, at } => {
+            Command::SetTaskMessages { messages, unplaceable, at } => {
+                let unplaceable: HashSet<TaskId> = unplaceable.into_iter().collect();
                 for (id, message) in messages {
                     if let Some(task) = self.tasks.get_mut(&id) {
                         task.message = message;
+                        task.unplaceable = unplaceable.contains(&id);
                         task.updated_at = at;
                     }
                 }
@@ -568,6 +578,7 @@ impl ClusterState {
             health: None,
             ports: Vec::new(),
             message: String::new(),
+            unplaceable: false,
             cleanup_errors: Vec::new(),
             config_hash,
             service_version,
@@ -576,6 +587,7 @@ impl ClusterState {
             created_at: at,
             updated_at: at,
             replaces,
+            renamed: None,
         };
         self.tasks.insert(id, task);
         Some(id)
@@ -600,6 +612,9 @@ impl ClusterState {
         task.health = update.health;
         task.message = update.message;
         task.cleanup_errors = update.cleanup_errors;
+        if update.container_name.is_some() {
+            task.renamed = update.container_name;
+        }
         if !update.ports.is_empty() || task.state.is_terminal() {
             task.ports = update.ports;
         }

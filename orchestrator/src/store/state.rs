@@ -181,6 +181,11 @@ pub struct Task {
     /// Why the task is in its state, in words a user understands ("waiting for db to be
     /// healthy", "0 of 3 nodes fit: ...", "exited with code 1").
     pub message: String,
+    /// Pending because no node fits it (the scheduler's last try; `message` says why), as
+    /// opposed to waiting for something that will happen by itself (a dependency, a restart
+    /// delay, the previous container of its slot). Cleared when it is placed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unplaceable: bool,
     /// Once removed: what the agent could not clean up after the container (a stack network
     /// another container still uses), each naming the object and the engine's reason.
     #[serde(default)]
@@ -197,6 +202,10 @@ pub struct Task {
     /// running until this one runs. See [`ClusterState::is_surge`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<TaskId>,
+    /// The container's name when its agent had to give it another than [`Task::container_name`]
+    /// (on an engine several nodes share, another node's container held that name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed: Option<String>,
 }
 
 impl Task {
@@ -209,6 +218,11 @@ impl Task {
             (None, 0, Some(node)) => format!("{}-{}-{node}", self.service.stack, self.service.service),
             (None, slot, _) => format!("{}-{}-{}", self.service.stack, self.service.service, slot.max(1)),
         }
+    }
+
+    /// The name its container has: [`Task::container_name`] unless the agent had to rename it.
+    pub fn actual_name(&self, spec: &Service) -> String {
+        self.renamed.clone().unwrap_or_else(|| self.container_name(spec))
     }
 }
 

@@ -338,6 +338,7 @@ impl Engine for DockerEngine {
                     reason: format!("it was not built or pulled before create ({})", error_chain(&e)),
                 })
             }
+            Err(e) if status(&e) == Some(409) => return Err(EngineError::NameInUse { name: plan.name.clone() }),
             Err(e) => return Err(self.err(format!("creating container {}", plan.name), e)),
         };
         for (network, endpoint) in plan.extra_networks {

@@ -34,6 +34,7 @@ fn task(project: &Project, service: &str, slot: u64) -> Task {
         health: None,
         ports: Vec::new(),
         message: String::new(),
+        unplaceable: false,
         cleanup_errors: Vec::new(),
         config_hash: String::new(),
         service_version: 1,
@@ -42,6 +43,7 @@ fn task(project: &Project, service: &str, slot: u64) -> Task {
         created_at: 0,
         updated_at: 0,
         replaces: None,
+        renamed: None,
     }
 }
 
@@ -925,4 +927,23 @@ fn network_definitions_the_agent_cannot_create_are_refused_unless_external() {
         spec_of(&load(yaml), "s"),
         Err(TaskSpecError::Invalid { path, .. }) if path.to_string() == "networks.n.ipam.config[0].subnet"
     ));
+}
+
+#[test]
+fn a_precomputed_config_hash_gives_the_same_spec() {
+    let project = load(RICH);
+    let svc = &project.services["web"];
+    let t = task(&project, "web", 2);
+    let computed = task_spec_with(&project, "web", svc, &t, "n1", &no_resolve, TaskSpecOptions::default());
+    let given = task_spec_hashed(
+        &project,
+        "web",
+        svc,
+        &hash(&project, "web"),
+        &t,
+        "n1",
+        &no_resolve,
+        TaskSpecOptions::default(),
+    );
+    assert_eq!(computed.expect("builds"), given.expect("builds"));
 }

@@ -213,6 +213,7 @@ fn a_failed_replacement_is_given_up_with_the_request() {
             message: "image not found".into(),
             ports: Vec::new(),
             cleanup_errors: Vec::new(),
+            container_name: None,
         }],
         at: 2,
     });
@@ -285,6 +286,7 @@ fn the_old_task_waits_for_a_healthy_replacement() {
                 message: String::new(),
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
+                container_name: None,
             }],
             at: 2,
         })

@@ -187,14 +187,18 @@ fn reference(state: &ClusterState) -> Vec<Command> {
             None => messages.push((task.id, fit::summarize(nodes.len(), &rejections))),
         }
     }
-    let messages: Vec<(TaskId, String)> =
-        messages.into_iter().filter(|(id, m)| state.tasks.get(id).is_some_and(|t| &t.message != m)).collect();
+    // Every reason here is a placement failure: these tasks are unplaceable.
+    let messages: Vec<(TaskId, String)> = messages
+        .into_iter()
+        .filter(|(id, m)| state.tasks.get(id).is_some_and(|t| &t.message != m || !t.unplaceable))
+        .collect();
+    let unplaceable: Vec<TaskId> = messages.iter().map(|(id, _)| *id).collect();
     let mut commands = Vec::new();
     if !assignments.is_empty() {
         commands.push(Command::AssignTasks { assignments, at: 0 });
     }
     if !messages.is_empty() {
-        commands.push(Command::SetTaskMessages { messages, at: 0 });
+        commands.push(Command::SetTaskMessages { messages, unplaceable, at: 0 });
     }
     commands
 }
