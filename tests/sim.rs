@@ -51,7 +51,10 @@ fn the_quick_scale_simulation_completes() {
             let group = format!("-{}", child.id());
             // TERM first: the script's trap kills the processes it started.
             let _ = Command::new("kill").args(["-TERM", "--", &group]).status();
-            std::thread::sleep(Duration::from_secs(5));
+            let grace = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < grace && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
             let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
             let _ = child.wait();
             break None;

@@ -12,7 +12,6 @@
 //! cleanly on Ctrl-C or SIGTERM.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +22,7 @@ use shoal_agent::engine::mock::{MockBehavior, MockEngine};
 use shoal_agent::engine::EngineInfo;
 use shoal_agent::session::{run_agent, AgentConfig, AgentError, ChannelPool, SessionObserver};
 use shoal_proto::v1 as pb;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -190,12 +190,12 @@ impl SessionObserver for Tally {
 /// Writes progress lines to stdout and, with `--csv`, to the CSV file.
 struct Progress {
     started: Instant,
-    csv: Option<std::fs::File>,
+    csv: Option<tokio::fs::File>,
     nodes: usize,
 }
 
 impl Progress {
-    fn report(&mut self, counts: Counts, last: bool) -> anyhow::Result<()> {
+    async fn report(&mut self, counts: Counts, last: bool) -> anyhow::Result<()> {
         let elapsed = self.started.elapsed();
         println!(
             "sim: {:>7.1}s  nodes registered {}/{}, ready {}  tasks assigned {}, running {}, held now {}{}",
@@ -210,17 +210,18 @@ impl Progress {
         );
         if let Some(csv) = &mut self.csv {
             let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
-            writeln!(
-                csv,
-                "{unix_ms},{},{},{},{},{},{}",
+            let line = format!(
+                "{unix_ms},{},{},{},{},{},{}\n",
                 elapsed.as_millis(),
                 counts.registered,
                 counts.ready,
                 counts.assigned,
                 counts.running,
                 counts.current
-            )
-            .context("writing the progress CSV")?;
+            );
+            // Flushed, so that `scripts/sim` reads every line as soon as it is written.
+            csv.write_all(line.as_bytes()).await.context("writing the progress CSV")?;
+            csv.flush().await.context("writing the progress CSV")?;
         }
         Ok(())
     }
@@ -240,8 +241,11 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<i32> {
     labels.sort();
     let csv = match &args.csv {
         Some(path) => {
-            let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "unix_ms,elapsed_ms,registered,ready,assigned,running,current")?;
+            let mut file =
+                tokio::fs::File::create(path).await.with_context(|| format!("cannot create {}", path.display()))?;
+            file.write_all(b"unix_ms,elapsed_ms,registered,ready,assigned,running,current\n")
+                .await
+                .with_context(|| format!("cannot write {}", path.display()))?;
             Some(file)
         }
         None => None,
@@ -305,7 +309,7 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<i32> {
                     agents.spawn(run_agent(config, Arc::new(engine), shutdown.clone()));
                 }
             }
-            _ = every.tick() => progress.report(tally.counts(), false)?,
+            _ = every.tick() => progress.report(tally.counts(), false).await?,
             Some(ended) = agents.join_next() => {
                 // An agent ends on its own only on a fatal error (a refused token, a bad address).
                 let reason = match ended {
@@ -320,7 +324,7 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<i32> {
                 *seen += 1;
                 if agents.is_empty() && started == args.nodes {
                     eprintln!("sim: every node stopped");
-                    progress.report(tally.counts(), true)?;
+                    progress.report(tally.counts(), true).await?;
                     return Ok(1);
                 }
             }
@@ -332,7 +336,7 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<i32> {
     if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
         eprintln!("sim: some nodes did not stop within 10s");
     }
-    progress.report(tally.counts(), true)?;
+    progress.report(tally.counts(), true).await?;
     Ok(0)
 }
 
