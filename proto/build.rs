@@ -12,6 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Task specs as `Bytes`: the manager hands every session the same bytes it built once.
+    // Buffers that start small (see src/codec.rs): a manager holds one stream per node.
+    tonic_prost_build::configure()
+        .bytes(".shoal.v1.Assignment.spec")
+        .codec_path("crate::codec::LeanCodec")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -11,6 +11,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+/// For `skip_serializing_if`: a field at its default is left out of the JSON.
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
+}
+
 /// Who a container belongs to. The engine driver derives every Shoal/compose label and the
 /// default container name from this, so callers cannot forget one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,59 +31,98 @@ pub struct TaskIdentity {
     pub task_id: String,
 }
 
-/// Everything needed to create one container for one task.
+/// Everything needed to create one container for one task. Fields at their defaults are left
+/// out of the JSON (an assignment per task, thousands per deploy: a plain spec is a third of the
+/// size) and read back as their defaults.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     pub identity: TaskIdentity,
     /// Image reference; must already be present (see [`crate::Engine::ensure_image`]).
     pub image: String,
     /// Overrides `<project>-<service>-<n>`.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub container_name: Option<String>,
     /// `None` keeps the image's default, `Some(vec![])` clears it.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub command: Option<Vec<String>>,
     /// `None` keeps the image's default, `Some(vec![])` clears it.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub entrypoint: Option<Vec<String>>,
     /// `KEY=VALUE` entries (env files already merged by the caller).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub env: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub ports: Vec<PortSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub mounts: Vec<MountSpec>,
     /// Networks to join, in priority order (the first is joined at create time).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub networks: Vec<NetworkAttachment>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub network_mode: Option<NetworkMode>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub domainname: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub working_dir: Option<String>,
     /// User labels; the identity labels are added on top and win.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub healthcheck: Option<HealthcheckSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub init: Option<bool>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub stop_signal: Option<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub stop_grace_period: Option<Duration>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub read_only: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub privileged: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub cap_add: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub security_opt: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub devices: Vec<DeviceSpec>,
     /// `host:ip` entries.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub extra_hosts: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub dns: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub dns_search: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub dns_opt: Vec<String>,
     /// Short-syntax tmpfs mounts: `/path` or `/path:opts` (e.g. `/run:size=1m,mode=755`).
+    #[serde(default, skip_serializing_if = "is_default")]
     pub tmpfs: Vec<String>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub ulimits: BTreeMap<String, Ulimit>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub sysctls: BTreeMap<String, String>,
     /// Bytes.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub shm_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub logging: Option<LoggingSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub resources: Resources,
     /// Used only in embedded mode, where no manager restarts failed tasks.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub restart: Option<RestartPolicy>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub tty: bool,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub stdin_open: bool,
     /// `os/arch[/variant]`, e.g. `linux/amd64`.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub platform: Option<String>,
 }
 
@@ -322,7 +366,9 @@ pub struct ImageSpec {
     pub image: Option<String>,
     pub project: String,
     pub service: String,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub build: Option<BuildSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub pull_policy: PullPolicy,
 }
 
@@ -364,7 +410,9 @@ pub enum PullPolicy {
 /// ([`TaskSpec::FORMAT`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
+    #[serde(default, skip_serializing_if = "is_default")]
     pub networks: Vec<NetworkSpec>,
+    #[serde(default, skip_serializing_if = "is_default")]
     pub volumes: Vec<VolumeSpec>,
     pub image: ImageSpec,
     pub container: ContainerSpec,
@@ -373,4 +421,45 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// `Assignment.spec_format` of a JSON-encoded `TaskSpec`.
     pub const FORMAT: &'static str = "shoal.taskspec.v1+json";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plain_spec_leaves_its_defaults_out_and_reads_back_the_same() {
+        let identity = TaskIdentity {
+            project: "p".into(),
+            service: "web".into(),
+            container_number: 1,
+            config_hash: "h".into(),
+            node_id: "n".into(),
+            task_id: "1".into(),
+        };
+        let plain = TaskSpec {
+            image: ImageSpec {
+                image: Some("x".into()),
+                project: "p".into(),
+                service: "web".into(),
+                ..Default::default()
+            },
+            container: ContainerSpec::new(identity.clone(), "x"),
+            ..TaskSpec::default()
+        };
+        let json = serde_json::to_string(&plain).expect("encodes");
+        for absent in ["networks", "volumes", "command", "read_only", "ulimits", "resources", "pull_policy"] {
+            assert!(!json.contains(absent), "{absent} in {json}");
+        }
+        assert_eq!(serde_json::from_str::<TaskSpec>(&json).expect("decodes"), plain);
+
+        let mut full = plain.clone();
+        full.container.read_only = true;
+        full.container.env = vec!["A=1".into()];
+        full.container.resources.memory = Some(1 << 20);
+        full.container.stop_grace_period = Some(Duration::from_secs(3));
+        full.image.pull_policy = PullPolicy::Never;
+        let json = serde_json::to_string(&full).expect("encodes");
+        assert_eq!(serde_json::from_str::<TaskSpec>(&json).expect("decodes"), full);
+    }
 }

@@ -5,4 +5,6 @@ pub mod v1 {
     tonic::include_proto!("shoal.v1");
 }
 
+pub mod codec;
+
 pub use v1::*;

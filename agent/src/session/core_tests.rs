@@ -29,7 +29,7 @@ fn assignment(task: u64, desired: pb::DesiredState, spec: &TaskSpec) -> pb::Assi
         task,
         desired: desired as i32,
         spec_format: TaskSpec::FORMAT.into(),
-        spec: serde_json::to_vec(spec).expect("a spec encodes"),
+        spec: serde_json::to_vec(spec).expect("a spec encodes").into(),
         ..pb::Assignment::default()
     }
 }

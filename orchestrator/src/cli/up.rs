@@ -182,7 +182,7 @@ pub async fn wait_for(
             }
         }
         ready |= event.snapshot_done;
-        if !ready {
+        if !ready || watch.more_ready() {
             continue;
         }
         match evaluate(project, selected, &tasks, goal) {
@@ -251,7 +251,7 @@ pub async fn settle(
             }
         }
         ready |= event.snapshot_done;
-        if ready && settled(&tasks) {
+        if ready && !watch.more_ready() && settled(&tasks) {
             progress.finish();
             return Ok(true);
         }

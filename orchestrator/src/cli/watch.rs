@@ -2,7 +2,7 @@
 //! manager that serves them: when it goes away — a failover, or the other `shoal` process that
 //! served the state dir exiting — the watch is opened again where [`Connection::recover`] leads.
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use shoal_proto::v1 as pb;
 use tokio::time::Instant;
 use tonic::Streaming;
@@ -23,23 +23,36 @@ pub enum Seen {
 pub struct TaskWatch {
     stack: String,
     events: Streaming<pb::WatchEvent>,
+    /// What [`TaskWatch::more_ready`] took off the stream, for the next [`TaskWatch::next`].
+    peeked: Option<Option<Result<pb::WatchEvent, tonic::Status>>>,
 }
 
 impl TaskWatch {
     pub async fn open(connection: &mut Connection, stack: &str) -> anyhow::Result<TaskWatch> {
-        Ok(TaskWatch { stack: stack.to_string(), events: open(connection, stack).await? })
+        Ok(TaskWatch { stack: stack.to_string(), events: open(connection, stack).await?, peeked: None })
+    }
+
+    /// Whether another event (or the stream's end) is already here. Callers that judge the
+    /// whole stack after each event do so once per burst instead: a deploy of 20,000 tasks sends
+    /// tens of thousands of events, and judging after each is quadratic.
+    pub fn more_ready(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.events.next().now_or_never();
+        }
+        self.peeked.is_some()
     }
 
     /// The next event, [`Seen::Reopened`] after the serving manager went away, or
     /// [`Seen::TimedOut`] once `deadline` has passed. An error when the stream failed or ended
     /// and there is no other manager to go to.
     pub async fn next(&mut self, connection: &mut Connection, deadline: Option<Instant>) -> anyhow::Result<Seen> {
-        let next = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, self.events.next()).await {
+        let next = match (self.peeked.take(), deadline) {
+            (Some(peeked), _) => peeked,
+            (None, Some(deadline)) => match tokio::time::timeout_at(deadline, self.events.next()).await {
                 Ok(next) => next,
                 Err(_) => return Ok(Seen::TimedOut),
             },
-            None => self.events.next().await,
+            (None, None) => self.events.next().await,
         };
         let failure = match next {
             Some(Ok(event)) => return Ok(Seen::Event(Box::new(event))),
@@ -51,6 +64,7 @@ impl TaskWatch {
             return Err(failure);
         }
         self.events = open(connection, &self.stack).await?;
+        self.peeked = None;
         Ok(Seen::Reopened)
     }
 }

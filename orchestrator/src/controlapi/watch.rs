@@ -1,6 +1,6 @@
 //! `Watch`: the tasks of a stack, then every change to them, until the client goes away.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_proto::v1 as pb;
 use tokio::sync::mpsc;
@@ -8,31 +8,17 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{task_view, BoxStream};
 use crate::manager::Cluster;
-use crate::store::state::TaskId;
+use crate::store::state::{ClusterState, ServiceId, TaskId};
+use crate::store::tasks::{Changes, Cursor};
 
 pub fn watch(cluster: Cluster, stack: String) -> BoxStream<pb::WatchEvent> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
         let mut changes = cluster.subscribe();
-        let mut sent: BTreeMap<TaskId, pb::Task> = BTreeMap::new();
+        let mut watched = Watched { stack, sent: BTreeMap::new(), cursor: None, services: Vec::new() };
         let mut first = true;
         loop {
-            let current: BTreeMap<TaskId, pb::Task> = cluster.read(|state| {
-                state.tasks.values().filter(|t| t.service.stack == stack).map(|t| (t.id, task_view(state, t))).collect()
-            });
-            let mut events: Vec<pb::WatchEvent> = current
-                .iter()
-                .filter(|(id, task)| sent.get(id) != Some(task))
-                .map(|(_, task)| pb::WatchEvent { task: Some(task.clone()), snapshot_done: false })
-                .collect();
-            // Forgotten tasks are reported once more as removed.
-            for (id, task) in &sent {
-                if !current.contains_key(id) {
-                    let mut gone = task.clone();
-                    gone.state = pb::TaskState::Removed as i32;
-                    events.push(pb::WatchEvent { task: Some(gone), snapshot_done: false });
-                }
-            }
+            let mut events = cluster.read(|state| watched.events(state));
             if first {
                 events.push(pb::WatchEvent { task: None, snapshot_done: true });
                 first = false;
@@ -42,7 +28,6 @@ pub fn watch(cluster: Cluster, stack: String) -> BoxStream<pb::WatchEvent> {
                     return; // the client went away
                 }
             }
-            sent = current;
             tokio::select! {
                 changed = changes.changed() => if changed.is_err() { return },
                 _ = tx.closed() => return,
@@ -50,4 +35,59 @@ pub fn watch(cluster: Cluster, stack: String) -> BoxStream<pb::WatchEvent> {
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+/// One stream's stack and what it has sent of it.
+struct Watched {
+    stack: String,
+    sent: BTreeMap<TaskId, pb::Task>,
+    /// Where the task journal was when the stream last looked.
+    cursor: Option<Cursor>,
+    /// The stack's services and versions then (a task's view includes its service's names).
+    services: Vec<(ServiceId, u64)>,
+}
+
+impl Watched {
+    /// Events for the stack's tasks that changed since the last call: only the tasks the journal
+    /// names, unless the stack's services changed or the journal does not reach back.
+    fn events(&mut self, state: &ClusterState) -> Vec<pb::WatchEvent> {
+        let services: Vec<(ServiceId, u64)> =
+            state.stack_services(&self.stack).map(|s| (s.id.clone(), s.version)).collect();
+        let changes = match self.cursor {
+            Some(cursor) if services == self.services => state.tasks.changes_since(cursor),
+            _ => Changes::Everything,
+        };
+        self.cursor = Some(state.tasks.cursor());
+        self.services = services;
+        let ids: BTreeSet<TaskId> = match changes {
+            Changes::Tasks(ids) => ids.into_iter().collect(),
+            Changes::Everything => state
+                .tasks
+                .values()
+                .filter(|t| t.service.stack == self.stack)
+                .map(|t| t.id)
+                .chain(self.sent.keys().copied())
+                .collect(),
+        };
+        let mut events = Vec::new();
+        for id in ids {
+            match state.tasks.get(&id).filter(|t| t.service.stack == self.stack) {
+                Some(task) => {
+                    let view = task_view(state, task);
+                    if self.sent.get(&id) != Some(&view) {
+                        events.push(pb::WatchEvent { task: Some(view.clone()), snapshot_done: false });
+                        self.sent.insert(id, view);
+                    }
+                }
+                // Forgotten tasks are reported once more as removed.
+                None => {
+                    if let Some(mut gone) = self.sent.remove(&id) {
+                        gone.state = pb::TaskState::Removed as i32;
+                        events.push(pb::WatchEvent { task: Some(gone), snapshot_done: false });
+                    }
+                }
+            }
+        }
+        events
+    }
 }

@@ -2,7 +2,7 @@
 //! heartbeat, and report task statuses.
 //!
 //! ```text
-//!            ┌ view builder: cluster change → per-node assignments (specs cached per task)
+//!            ┌ view builder: changed tasks → per-node assignments (views.rs; specs cached per task)
 //!  Cluster ──┤ monitor (leader): Ready nodes silent for `down_after` → Down
 //!            └ batcher: status reports of all agents → ReportStatus (group commit)
 //!  Session(node) ── first message: the node's complete set; then diffs of its view, seq + 1
@@ -12,7 +12,7 @@
 //! the dispatcher keeps in memory (last heartbeat per node, the assignment view) is derived from
 //! the replicated state or rebuilt on a new leader, which gives every node a fresh grace period.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,15 +26,14 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::taskspec::{config_hash, task_spec_hashed, RestartOwner, TaskSpec, TaskSpecOptions};
+use super::taskspec::{RestartOwner, TaskSpec, TaskSpecOptions};
+use super::views::{node_statuses_if_changed, ViewBuilder, Views};
 use crate::manager::cluster::now;
 use crate::manager::tokens::admits_agent;
 use crate::manager::{Cluster, ClusterError};
 use crate::store::command::{Command, StatusUpdate};
 use crate::store::raft::ProposeError;
-use crate::store::state::{
-    ClusterState, DesiredState, Millis, Node, NodeId, NodeRole, NodeStatus, ServiceId, Task, TaskId, TaskState,
-};
+use crate::store::state::{Node, NodeId, NodeRole, NodeStatus, TaskId};
 use crate::wire;
 
 /// `Assignment.spec_format` of a JSON [`TaskSpec`].
@@ -140,16 +139,6 @@ pub struct DispatcherStats {
     pub nodes_marked_down: u64,
 }
 
-/// The node → assignments view every session diffs against.
-#[derive(Default)]
-struct AssignmentView {
-    /// The applied index the view was built from.
-    index: u64,
-    nodes: HashMap<NodeId, Arc<NodeAssignments>>,
-}
-
-type NodeAssignments = BTreeMap<TaskId, Arc<pb::Assignment>>;
-
 struct Batch {
     updates: Vec<StatusUpdate>,
     reply: oneshot::Sender<Result<(), Status>>,
@@ -164,7 +153,8 @@ struct Inner {
     /// over a large state) can hold for a while — a late heartbeat ends a session.
     statuses: Mutex<Arc<HashMap<NodeId, NodeStatus>>>,
     batches: mpsc::Sender<Batch>,
-    view: watch::Receiver<Arc<AssignmentView>>,
+    /// Every node's assignments, which its session diffs against.
+    views: Views,
     leader: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
     counters: Counters,
@@ -203,7 +193,6 @@ impl DispatcherService {
     ) -> Result<(DispatcherService, DispatcherTasks), DispatcherConfigError> {
         config.validate()?;
         let (batch_tx, batch_rx) = mpsc::channel(4096);
-        let (view_tx, view_rx) = watch::channel(Arc::new(AssignmentView::default()));
         let (leader_tx, leader_rx) = watch::channel(cluster.is_leader());
         let inner = Arc::new(Inner {
             cluster,
@@ -211,14 +200,14 @@ impl DispatcherService {
             last_seen: Mutex::new(HashMap::new()),
             statuses: Mutex::new(Arc::new(HashMap::new())),
             batches: batch_tx,
-            view: view_rx,
+            views: Views::default(),
             leader: leader_rx,
             shutdown,
             counters: Counters::default(),
             sessions: watch::Sender::new(HashMap::new()),
         });
         let handles = vec![
-            tokio::spawn(build_views(inner.clone(), view_tx, leader_tx)),
+            tokio::spawn(build_views(inner.clone(), leader_tx)),
             tokio::spawn(monitor(inner.clone())),
             tokio::spawn(batch_statuses(inner.clone(), batch_rx)),
         ];
@@ -505,17 +494,18 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
 
 /// Sends one node its complete set, then a diff after every change of its assignments.
 async fn serve_session(inner: &Inner, node: &str, index: u64, tx: mpsc::Sender<Result<pb::Assignments, Status>>) {
-    let mut view = inner.view.clone();
+    let mut built = inner.views.index();
     let mut leader = inner.leader.clone();
     let mut shutdown = inner.shutdown.clone();
-    let caught_up = tokio::time::timeout(Duration::from_secs(10), view.wait_for(|v| v.index >= index))
+    let caught_up = tokio::time::timeout(Duration::from_secs(10), built.wait_for(|built| *built >= index))
         .await
         .is_ok_and(|r| r.is_ok());
     if !caught_up {
         let _ = tx.send(Err(Status::unavailable("the manager's assignments are not up to date; retry"))).await;
         return;
     }
-    let mut current = view.borrow_and_update().nodes.get(node).cloned().unwrap_or_default();
+    let mut view = inner.views.node(node);
+    let mut current = view.borrow_and_update().clone();
     let mut sequence = 1;
     let first = pb::Assignments {
         sequence,
@@ -545,7 +535,7 @@ async fn serve_session(inner: &Inner, node: &str, index: u64, tx: mpsc::Sender<R
                 return;
             }
         }
-        let next = view.borrow_and_update().nodes.get(node).cloned().unwrap_or_default();
+        let next = view.borrow_and_update().clone();
         if Arc::ptr_eq(&next, &current) {
             continue;
         }
@@ -566,161 +556,7 @@ async fn serve_session(inner: &Inner, node: &str, index: u64, tx: mpsc::Sender<R
     }
 }
 
-/// A task's spec, kept while the service and stack it was built from are unchanged.
-struct CachedSpec {
-    key: (u64, Millis),
-    format: &'static str,
-    spec: Arc<Vec<u8>>,
-}
-
-/// Rebuilds the assignment view after every change, reusing the assignments (and node maps)
-/// that did not change so sessions can tell changes by pointer.
-struct ViewBuilder {
-    options: TaskSpecOptions,
-    specs: HashMap<TaskId, CachedSpec>,
-    /// Each task's assignment and the spec bytes it was made from.
-    assignments: HashMap<TaskId, (Arc<Vec<u8>>, Arc<pb::Assignment>)>,
-    nodes: HashMap<NodeId, Arc<NodeAssignments>>,
-    /// Each service's config hash, for the service version and stack update it was made from.
-    hashes: HashMap<ServiceId, ((u64, Millis), Arc<str>)>,
-}
-
-impl ViewBuilder {
-    fn new(options: TaskSpecOptions) -> Self {
-        ViewBuilder {
-            options,
-            specs: HashMap::new(),
-            assignments: HashMap::new(),
-            nodes: HashMap::new(),
-            hashes: HashMap::new(),
-        }
-    }
-
-    fn build(&mut self, state: &ClusterState) -> AssignmentView {
-        let mut nodes: HashMap<NodeId, NodeAssignments> = HashMap::new();
-        let mut assignments = HashMap::new();
-        for task in state.tasks.values() {
-            let Some(node) = &task.node else { continue };
-            // Pending tasks (even pinned ones) wait for the scheduler; Removed ones are done.
-            if matches!(task.state, TaskState::Pending | TaskState::Removed) {
-                continue;
-            }
-            let (format, spec) = self.spec(state, task, node);
-            let desired = wire::desired_state(task.desired) as i32;
-            let remove_volumes = task.desired == DesiredState::Remove
-                && state.stacks.get(&task.service.stack).is_some_and(|s| s.removing && s.remove_volumes);
-            // Same desired state and spec: the same assignment (by pointer), so no diff is sent.
-            let reuse = self.assignments.get(&task.id).filter(|(old_spec, a)| {
-                a.desired == desired
-                    && a.remove_volumes == remove_volumes
-                    && a.spec_format == format
-                    && (Arc::ptr_eq(old_spec, &spec) || old_spec.as_slice() == spec.as_slice())
-            });
-            let assignment = match reuse {
-                Some((_, a)) => a.clone(),
-                None => Arc::new(pb::Assignment {
-                    task: task.id,
-                    service: Some(wire::service_ref(&task.service)),
-                    slot: task.slot,
-                    desired,
-                    spec_format: format.to_string(),
-                    spec: spec.as_ref().clone(),
-                    remove_volumes,
-                }),
-            };
-            assignments.insert(task.id, (spec, assignment.clone()));
-            nodes.entry(node.clone()).or_default().insert(task.id, assignment);
-        }
-        self.specs.retain(|id, _| assignments.contains_key(id));
-        self.hashes.retain(|id, _| state.services.contains_key(id));
-        self.assignments = assignments;
-        let nodes: HashMap<NodeId, Arc<NodeAssignments>> = nodes
-            .into_iter()
-            .map(|(node, map)| {
-                let same = self.nodes.get(&node).filter(|old| {
-                    old.len() == map.len()
-                        && old.iter().zip(map.iter()).all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
-                });
-                let map = same.cloned().unwrap_or_else(|| Arc::new(map));
-                (node, map)
-            })
-            .collect();
-        self.nodes = nodes.clone();
-        AssignmentView { index: state.applied_index, nodes }
-    }
-
-    /// The task's spec (JSON), or why it cannot be built. Built for every task, so that the agent
-    /// knows the networks and volumes of what it removes even after a restart; errors are not
-    /// cached (a `service:x` network mode resolves once x has a task).
-    fn spec(&mut self, state: &ClusterState, task: &Task, node: &str) -> (&'static str, Arc<Vec<u8>>) {
-        let Some(service) = state.services.get(&task.service) else {
-            return ("", Arc::new(Vec::new()));
-        };
-        let Some(stack) = state.stacks.get(&task.service.stack) else {
-            return ("", Arc::new(Vec::new()));
-        };
-        let key = (service.version, stack.updated_at);
-        if let Some(cached) = self.specs.get(&task.id).filter(|c| c.key == key) {
-            return (cached.format, cached.spec.clone());
-        }
-        let resolve = |name: &str| resolve_service_container(state, &task.service.stack, name, node);
-        let hash = match self.hashes.get(&task.service).filter(|(k, _)| *k == key) {
-            Some((_, hash)) => hash.clone(),
-            None => {
-                let hash: Arc<str> = config_hash(&stack.project, &task.service.service, &service.spec).into();
-                self.hashes.insert(task.service.clone(), (key, hash.clone()));
-                hash
-            }
-        };
-        let built = task_spec_hashed(
-            &stack.project,
-            &task.service.service,
-            &service.spec,
-            &hash,
-            task,
-            node,
-            &resolve,
-            self.options,
-        )
-        .map_err(|e| e.to_string())
-        .map(|mut spec| {
-            // `down -t`: the stop timeout given for the removal wins.
-            if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
-                spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
-            }
-            spec
-        })
-        .and_then(|spec| serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}")));
-        match built {
-            Ok(bytes) => {
-                let spec = Arc::new(bytes);
-                self.specs.insert(task.id, CachedSpec { key, format: SPEC_FORMAT, spec: spec.clone() });
-                (SPEC_FORMAT, spec)
-            }
-            // A task being stopped or removed needs no spec to run (its networks and volumes are
-            // only cleaned up best effort).
-            Err(_) if task.desired != DesiredState::Running => ("", Arc::new(Vec::new())),
-            Err(reason) => {
-                (SPEC_ERROR_FORMAT, Arc::new(format!("cannot build the container spec: {reason}").into_bytes()))
-            }
-        }
-    }
-}
-
-/// `network_mode: service:x` → the container of x's task on the same node, else of its slot 1.
-fn resolve_service_container(state: &ClusterState, stack: &str, name: &str, node: &str) -> Option<String> {
-    let id = ServiceId::new(stack, name);
-    let record = state.services.get(&id)?;
-    let live: Vec<&Task> = state.service_tasks(&id).filter(|t| t.desired == DesiredState::Running).collect();
-    let pick = live
-        .iter()
-        .filter(|t| t.node.as_deref() == Some(node))
-        .min_by_key(|t| (t.slot.max(1), std::cmp::Reverse(t.id)))
-        .or_else(|| live.iter().filter(|t| t.slot <= 1).max_by_key(|t| t.id))?;
-    Some(pick.actual_name(&record.spec))
-}
-
-async fn build_views(inner: Arc<Inner>, view: watch::Sender<Arc<AssignmentView>>, leader: watch::Sender<bool>) {
+async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
     let options = TaskSpecOptions {
         restart: if inner.config.engine_restarts { RestartOwner::Engine } else { RestartOwner::ControlPlane },
     };
@@ -736,24 +572,25 @@ async fn build_views(inner: Arc<Inner>, view: watch::Sender<Arc<AssignmentView>>
                 if changed.is_err() {
                     return;
                 }
-                // Building specs for a large deploy takes a while: on a blocking thread, so
-                // that the runtime's workers keep serving heartbeats and reports meanwhile.
+                // Usually a few tasks, but the first build (and one after a restore) covers every
+                // task: on a blocking thread, so the runtime's workers keep serving meanwhile.
                 let cluster = inner.cluster.clone();
+                let current = lock(&inner.statuses).clone();
                 let mut taken = std::mem::replace(&mut builder, ViewBuilder::new(options));
                 let built = tokio::task::spawn_blocking(move || {
-                    let (built, statuses) = cluster.read(|state| {
-                        let statuses: HashMap<NodeId, NodeStatus> =
-                            state.nodes.values().map(|n| (n.id.clone(), n.status)).collect();
-                        (taken.build(state), statuses)
+                    let (changed, index, statuses) = cluster.read(|state| {
+                        (taken.build(state), state.applied_index, node_statuses_if_changed(state, &current))
                     });
-                    (taken, built, statuses)
+                    (taken, changed, index, statuses)
                 })
                 .await;
                 match built {
-                    Ok((used, built, statuses)) => {
+                    Ok((used, changed, index, statuses)) => {
                         builder = used;
-                        *lock(&inner.statuses) = Arc::new(statuses);
-                        view.send_replace(Arc::new(built));
+                        if let Some(statuses) = statuses {
+                            *lock(&inner.statuses) = Arc::new(statuses);
+                        }
+                        inner.views.publish(changed, index);
                     }
                     // The builder's caches went with the failed thread; the next change rebuilds.
                     Err(e) => tracing::error!("building the assignment view failed: {e}"),
@@ -892,6 +729,7 @@ fn take_queued(first: Batch, batches: &mut mpsc::Receiver<Batch>, max: usize) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::state::TaskState;
 
     #[test]
     fn node_ids() {
@@ -922,18 +760,7 @@ mod tests {
     }
 
     fn update(task: TaskId) -> StatusUpdate {
-        StatusUpdate {
-            task,
-            node: "n".into(),
-            state: TaskState::Running,
-            container_id: None,
-            exit_code: None,
-            health: None,
-            message: String::new(),
-            ports: Vec::new(),
-            cleanup_errors: Vec::new(),
-            container_name: None,
-        }
+        StatusUpdate::new(task, "n", TaskState::Running)
     }
 
     /// Queues a report of `tasks`; the receiver gets the caller's answer.

@@ -15,15 +15,27 @@ use crate::scheduler::schedule;
 /// How often the loop runs without a change (time-based decisions: restart delays).
 pub const TICK: Duration = Duration::from_millis(250);
 
+/// Rounds up to this long follow each other at once; a longer one is followed by a rest (see
+/// `run`), so small clusters stay as quick as ever.
+const MAX_UNRESTED_ROUND: Duration = Duration::from_millis(10);
+
 pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
     let mut changes = cluster.subscribe();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rested = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             changed = changes.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
+        }
+        // A round reads the whole state under its lock, which the raft thread needs to apply:
+        // after a long round (a large state under a stream of changes) rest as long as it took,
+        // so that applying — and with it heartbeats and reports — keeps at least half the time.
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep_until(rested) => {}
         }
         if *shutdown.borrow() {
             return;
@@ -32,6 +44,7 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         let at = now();
+        let started = tokio::time::Instant::now();
         // A round over a large state takes a while (100,000 tasks: ~0.1 s): on a blocking
         // thread, so that the runtime's workers keep serving heartbeats and reports meanwhile.
         let reader = cluster.clone();
@@ -46,6 +59,9 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
             })
         })
         .await;
+        let took = started.elapsed();
+        let rest = if took > MAX_UNRESTED_ROUND { took } else { Duration::ZERO };
+        rested = tokio::time::Instant::now() + rest;
         let commands = match decided {
             Ok(commands) => commands,
             Err(e) => {

@@ -71,7 +71,7 @@ impl RestartPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::state::{DesiredState, ServiceId};
+    use crate::store::state::ServiceId;
 
     fn service(yaml: &str) -> Service {
         serde_yaml::from_str(yaml).unwrap()
@@ -79,27 +79,12 @@ mod tests {
 
     fn finished(state: TaskState, exit: i64, restarts: u32) -> Task {
         Task {
-            id: 1,
-            service: ServiceId::new("p", "s"),
-            slot: 1,
-            desired: DesiredState::Running,
             state,
             node: Some("n".into()),
-            container_id: None,
             exit_code: Some(exit),
-            health: None,
-            ports: Vec::new(),
-            message: String::new(),
-            unplaceable: false,
-            cleanup_errors: Vec::new(),
-            config_hash: String::new(),
-            service_version: 1,
             restarts,
-            not_before: 0,
-            created_at: 0,
             updated_at: 1_000,
-            replaces: None,
-            renamed: None,
+            ..Task::pending(1, ServiceId::new("p", "s"), 1, String::new(), 1, 0)
         }
     }
 

@@ -58,6 +58,24 @@ pub struct StatusUpdate {
     pub container_name: Option<String>,
 }
 
+impl StatusUpdate {
+    /// `node` reports `task` in `state`, with nothing else to tell.
+    pub fn new(task: TaskId, node: impl Into<NodeId>, state: TaskState) -> StatusUpdate {
+        StatusUpdate {
+            task,
+            node: node.into(),
+            state,
+            container_id: None,
+            exit_code: None,
+            health: None,
+            message: String::new(),
+            ports: Vec::new(),
+            cleanup_errors: Vec::new(),
+            container_name: None,
+        }
+    }
+}
+
 /// A task the reconciler wants created (ids are assigned when applied).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewTask {
@@ -567,27 +585,11 @@ impl ClusterState {
         // Even a pinned task (global service) starts pending: the scheduler still checks its
         // dependencies and the node's fit before it runs.
         let task = Task {
-            id,
-            service: new.service,
-            slot: new.slot,
-            desired: DesiredState::Running,
-            state: TaskState::Pending,
             node: new.node,
-            container_id: None,
-            exit_code: None,
-            health: None,
-            ports: Vec::new(),
-            message: String::new(),
-            unplaceable: false,
-            cleanup_errors: Vec::new(),
-            config_hash,
-            service_version,
             restarts: new.restarts,
             not_before: new.not_before,
-            created_at: at,
-            updated_at: at,
             replaces,
-            renamed: None,
+            ..Task::pending(id, new.service, new.slot, config_hash, service_version, at)
         };
         self.tasks.insert(id, task);
         Some(id)

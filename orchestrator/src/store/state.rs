@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::tasks::TaskTable;
 use crate::compose::model::{Project, Service};
 
 /// Milliseconds since the Unix epoch, as stamped by the leader into a command.
@@ -209,6 +210,40 @@ pub struct Task {
 }
 
 impl Task {
+    /// A new task in `slot`, pending, made from the service's config at `service_version`.
+    pub fn pending(
+        id: TaskId,
+        service: ServiceId,
+        slot: u64,
+        config_hash: String,
+        service_version: u64,
+        at: Millis,
+    ) -> Task {
+        Task {
+            id,
+            service,
+            slot,
+            desired: DesiredState::Running,
+            state: TaskState::Pending,
+            node: None,
+            container_id: None,
+            exit_code: None,
+            health: None,
+            ports: Vec::new(),
+            message: String::new(),
+            unplaceable: false,
+            cleanup_errors: Vec::new(),
+            config_hash,
+            service_version,
+            restarts: 0,
+            not_before: 0,
+            created_at: at,
+            updated_at: at,
+            replaces: None,
+            renamed: None,
+        }
+    }
+
     /// `<project>-<service>-<slot>` (or the service's container_name). A global service's task
     /// (slot 0) is `<project>-<service>-<node id>`: one per node, so names stay unique across the
     /// cluster (in `ps`, and on an engine that several nodes share).
@@ -339,7 +374,7 @@ pub struct ClusterState {
     pub stacks: BTreeMap<String, Stack>,
     #[serde(with = "services_by_name")]
     pub services: BTreeMap<ServiceId, ServiceRecord>,
-    pub tasks: BTreeMap<TaskId, Task>,
+    pub tasks: TaskTable,
     pub nodes: BTreeMap<NodeId, Node>,
     /// The managers (raft members) by raft id: where they are reached and whether an operator
     /// wants them voting. Kept in step with the raft membership by its changes' context.

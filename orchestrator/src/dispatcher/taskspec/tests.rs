@@ -7,7 +7,7 @@ use shoal_agent::spec::*;
 use super::*;
 use crate::compose::loader::{load_in_memory, LoadOptions};
 use crate::compose::support::{unsupported_attributes, MAPPED_SERVICE_ATTRIBUTES};
-use crate::store::state::{DesiredState, ServiceId, TaskState};
+use crate::store::state::{ServiceId, TaskState};
 
 /// Loads compose text through the real loader (short syntax, defaults, engine names).
 fn load(yaml: &str) -> Project {
@@ -23,27 +23,9 @@ fn load(yaml: &str) -> Project {
 
 fn task(project: &Project, service: &str, slot: u64) -> Task {
     Task {
-        id: 42,
-        service: ServiceId::new(project.name.clone(), service),
-        slot,
-        desired: DesiredState::Running,
         state: TaskState::Assigned,
         node: Some("n1".into()),
-        container_id: None,
-        exit_code: None,
-        health: None,
-        ports: Vec::new(),
-        message: String::new(),
-        unplaceable: false,
-        cleanup_errors: Vec::new(),
-        config_hash: String::new(),
-        service_version: 1,
-        restarts: 0,
-        not_before: 0,
-        created_at: 0,
-        updated_at: 0,
-        replaces: None,
-        renamed: None,
+        ..Task::pending(42, ServiceId::new(project.name.clone(), service), slot, String::new(), 1, 0)
     }
 }
 
