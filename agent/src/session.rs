@@ -424,18 +424,38 @@ impl<E: Engine> Agent<E> {
     }
 }
 
+/// Heartbeats in a row that may time out before the session is given up.
+const HEARTBEAT_TIMEOUTS_TOLERATED: u32 = 2;
+
+/// The call ran out of time (our deadline, or the manager's).
+fn timed_out(status: &tonic::Status) -> bool {
+    matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
+}
+
 async fn heartbeat(
     mut client: Client,
     node_id: &str,
     mut period: Duration,
     config: &AgentConfig,
 ) -> Result<(), SessionError> {
+    let mut timeouts = 0;
     loop {
         let jitter = config.heartbeat_jitter.clamp(0.0, 1.0) * random_unit();
         tokio::time::sleep(period.mul_f64(1.0 - jitter)).await;
         let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id: node_id.to_string() });
         request.set_timeout(config.rpc_timeout.min(period * 2));
-        let response = client.heartbeat(request).await.map_err(rpc("heartbeat"))?.into_inner();
+        let response = match client.heartbeat(request).await {
+            Ok(response) => response.into_inner(),
+            // A busy manager answers late: try again rather than end the session, which would
+            // cost it a registration and a new session on top (the stream tells when it is gone).
+            Err(status) if timeouts < HEARTBEAT_TIMEOUTS_TOLERATED && timed_out(&status) => {
+                timeouts += 1;
+                tracing::debug!(node = node_id, "heartbeat timed out ({timeouts} in a row); trying again");
+                continue;
+            }
+            Err(status) => return Err(rpc("heartbeat")(status)),
+        };
+        timeouts = 0;
         if response.heartbeat_period_ms > 0 {
             period = Duration::from_millis(response.heartbeat_period_ms.max(100));
         }

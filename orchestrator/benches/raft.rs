@@ -22,9 +22,16 @@ struct Counter {
 }
 
 impl StateMachine for Counter {
-    fn apply(&mut self, _index: u64, command: &[u8]) -> Vec<u8> {
+    /// The command's length: all this machine keeps of it.
+    type Command = usize;
+
+    fn decode(command: &[u8]) -> usize {
+        command.len()
+    }
+
+    fn apply(&mut self, _index: u64, command: usize) -> Vec<u8> {
         self.commands += 1;
-        self.bytes += command.len() as u64;
+        self.bytes += command as u64;
         Vec::new()
     }
 

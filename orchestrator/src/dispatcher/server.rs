@@ -33,7 +33,7 @@ use crate::manager::tokens::admits_agent;
 use crate::manager::{Cluster, ClusterError};
 use crate::store::command::{Command, StatusUpdate};
 use crate::store::raft::ProposeError;
-use crate::store::state::{Node, NodeId, NodeRole, NodeStatus, TaskId};
+use crate::store::state::{Node, NodeId, NodeLabels, NodeRole, NodeStatus, TaskId};
 use crate::wire;
 
 /// `Assignment.spec_format` of a JSON [`TaskSpec`].
@@ -301,6 +301,23 @@ fn cluster_status(error: ClusterError) -> Status {
     }
 }
 
+/// Whether registering `node` would change nothing of the `known` record: it is ready and the
+/// agent tells the same facts (labels compared with what the agent gave last, before the
+/// operator's changes).
+fn same_registration(known: &Node, labels: Option<&NodeLabels>, node: &Node) -> bool {
+    let agent_labels = labels.map_or(&known.labels, |l| &l.agent);
+    known.status == NodeStatus::Ready
+        && known.hostname == node.hostname
+        && known.role == node.role
+        && known.nano_cpus == node.nano_cpus
+        && known.memory_bytes == node.memory_bytes
+        && known.os == node.os
+        && known.arch == node.arch
+        && known.engine_version == node.engine_version
+        && known.address == node.address
+        && *agent_labels == node.labels
+}
+
 fn valid_node_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
@@ -377,7 +394,14 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
             updated_at: now(),
         };
         inner.touch(&id);
-        inner.cluster.propose(Command::RegisterNode { node: Box::new(node) }).await.map_err(cluster_status)?;
+        // A ready node that registers again unchanged (its session ended: a restart, a timeout)
+        // needs no write: after a hiccup, thousands of nodes do so at once.
+        let unchanged = inner
+            .cluster
+            .read(|s| s.nodes.get(&id).is_some_and(|known| same_registration(known, s.node_labels.get(&id), &node)));
+        if !unchanged {
+            inner.cluster.propose(Command::RegisterNode { node: Box::new(node) }).await.map_err(cluster_status)?;
+        }
         tracing::info!(node = %id, "node registered");
         Ok(Response::new(pb::RegisterResponse {
             node_id: id,
@@ -572,6 +596,10 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
                 if changed.is_err() {
                     return;
                 }
+                // Only the leader serves sessions; a new leader builds from scratch.
+                if !*leader.borrow() {
+                    continue;
+                }
                 // Usually a few tasks, but the first build (and one after a restore) covers every
                 // task: on a blocking thread, so the runtime's workers keep serving meanwhile.
                 let cluster = inner.cluster.clone();
@@ -601,7 +629,14 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
                     return;
                 }
                 let is_leader = raft.borrow_and_update().is_leader();
-                leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader);
+                if leader.send_if_modified(|l| std::mem::replace(l, is_leader) != is_leader) {
+                    if is_leader {
+                        changes.mark_changed();
+                    } else {
+                        builder = ViewBuilder::new(options);
+                        inner.views.clear();
+                    }
+                }
             }
         }
     }

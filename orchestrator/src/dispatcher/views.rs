@@ -54,6 +54,16 @@ impl Views {
         }
     }
 
+    /// Forgets every node's assignments (leadership was lost: a later build starts from scratch,
+    /// and must not leave a node the assignments of an earlier term).
+    pub fn clear(&self) {
+        let nodes = self.nodes.lock().unwrap_or_else(PoisonError::into_inner);
+        for sender in nodes.values() {
+            sender.send_if_modified(|current| !std::mem::take(current).is_empty());
+        }
+        self.index.send_replace(0);
+    }
+
     /// Publishes the nodes whose assignments changed, then the index: a session that sees the
     /// index sees every node's assignments as of it.
     pub fn publish(&self, changed: Vec<(NodeId, Arc<NodeAssignments>)>, index: u64) {

@@ -2,6 +2,8 @@
 //! to [`ClusterState`]; every apply bumps a watch so that the orchestration loop, the dispatcher
 //! and watchers wake up. The encoding lives here alone (JSON today), so changing it is local.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
@@ -23,13 +25,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 pub struct ClusterMachine {
     pub state: ClusterState,
     changes: watch::Sender<u64>,
+    /// Bytes of the last snapshot, to size the next one's buffer.
+    snapshot_size: AtomicUsize,
 }
 
 impl ClusterMachine {
     /// A machine and the receiver that sees the applied index after every change.
     pub fn new() -> (ClusterMachine, watch::Receiver<u64>) {
         let (changes, rx) = watch::channel(0);
-        (ClusterMachine { state: ClusterState::default(), changes }, rx)
+        (ClusterMachine { state: ClusterState::default(), changes, snapshot_size: AtomicUsize::new(0) }, rx)
     }
 
     /// A machine starting from a given state (a restored backup, a recovered cluster).
@@ -45,8 +49,14 @@ impl ClusterMachine {
 }
 
 impl StateMachine for ClusterMachine {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
-        let result = match decode::<Command>(command) {
+    type Command = Result<Command, String>;
+
+    fn decode(command: &[u8]) -> Self::Command {
+        decode::<Command>(command)
+    }
+
+    fn apply(&mut self, index: u64, command: Self::Command) -> Vec<u8> {
+        let result = match command {
             Ok(command) => self.state.apply(command),
             // A command this version cannot read changes nothing, on every member alike.
             Err(e) => CommandResult { error: Some(format!("unreadable command: {e}")), ..CommandResult::default() },
@@ -57,7 +67,14 @@ impl StateMachine for ClusterMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        encode(&self.state)
+        // Sized like the last one (plus room to grow): a large state is not copied over and over
+        // while its buffer doubles, nor left with twice the room it needs.
+        let hint = self.snapshot_size.load(Ordering::Relaxed);
+        let mut bytes = Vec::with_capacity(hint + hint / 8);
+        // Serializing our own plain data types to JSON cannot fail (see `encode`).
+        let _ = serde_json::to_writer(&mut bytes, &self.state);
+        self.snapshot_size.store(bytes.len(), Ordering::Relaxed);
+        bytes
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

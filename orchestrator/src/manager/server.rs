@@ -147,6 +147,10 @@ impl Manager {
         let control = ControlService::new(cluster.clone());
         let mut stop = shutdown_rx.clone();
         let router = tonic::transport::Server::builder()
+            // Agents cancel calls that time out; h2's default (20 such streams pending per
+            // connection) would then close the connection — and with it every session that
+            // shares it — just when the manager is busiest.
+            .http2_max_pending_accept_reset_streams(Some(PENDING_RESETS_PER_CONNECTION))
             .add_service(control.into_server())
             .add_service(dispatcher.clone().into_server())
             .add_optional_service(raft_service.map(RaftService::into_server));
@@ -182,6 +186,9 @@ impl Manager {
 }
 
 /// How long a stopping manager waits for the calls in flight.
+/// Cancelled calls tolerated per connection before it is closed (h2's limit, see `start`).
+const PENDING_RESETS_PER_CONNECTION: usize = 10_000;
+
 pub const SERVE_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn bind(listen: &str) -> Result<TcpListener, ManagerError> {

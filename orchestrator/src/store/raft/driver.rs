@@ -166,12 +166,13 @@ impl<S: StateMachine> Driver<S> {
 
         // Recover: the state machine starts from the latest snapshot; raft-rs re-delivers the
         // committed entries after it as committed entries of the first readies.
-        let snapshot: Snapshot = storage.snapshot_ref().clone();
+        let snapshot = storage.full_snapshot()?;
         let applied = snapshot.get_metadata().index;
         if applied > 0 {
             sm.write().unwrap_or_else(PoisonError::into_inner).restore(&snapshot.data).map_err(StoreError::Restore)?;
         }
         let conf_state = snapshot.get_metadata().get_conf_state().clone();
+        storage.forget_snapshot_data();
         if storage.hard_state().commit < applied {
             // Cannot happen with files written by this module (the snapshot write persists a commit
             // index at least as high); guard raft-rs's assertion anyway.
@@ -533,17 +534,27 @@ impl<S: StateMachine> Driver<S> {
         if entries.is_empty() {
             return Ok(());
         }
+        // Commands are decoded before the lock is taken: readers wait only for the applying.
+        let mut decoded: Vec<Option<S::Command>> = entries
+            .iter()
+            .map(|entry| {
+                let command = entry.get_entry_type() == EntryType::EntryNormal
+                    && entry.index > self.applied
+                    && !(entry.data.is_empty() && entry.context.is_empty());
+                command.then(|| S::decode(&entry.data))
+            })
+            .collect();
         let sm = self.sm.clone();
         let mut sm = sm.write().unwrap_or_else(PoisonError::into_inner);
-        for entry in entries {
+        for (entry, command) in entries.into_iter().zip(decoded.iter_mut()) {
             let index = entry.index;
             if index <= self.applied {
                 continue;
             }
-            let outcome = match entry.get_entry_type() {
-                EntryType::EntryNormal if entry.data.is_empty() && entry.context.is_empty() => Outcome::Noop,
-                EntryType::EntryNormal => Outcome::Command(sm.apply(index, &entry.data)),
-                EntryType::EntryConfChange => {
+            let outcome = match (entry.get_entry_type(), command.take()) {
+                (EntryType::EntryNormal, Some(command)) => Outcome::Command(sm.apply(index, command)),
+                (EntryType::EntryNormal, None) => Outcome::Noop,
+                (EntryType::EntryConfChange, _) => {
                     // Legacy (v1) conf changes are never proposed by this driver; accept them anyway.
                     let v1 = ConfChange::parse_from_bytes(&entry.data)
                         .map_err(|e| StoreError::Corrupt(format!("undecodable conf change at {index}: {e}")))?;
@@ -556,7 +567,7 @@ impl<S: StateMachine> Driver<S> {
                     let context = cc.context.clone();
                     Outcome::Membership(self.apply_conf_change(&cc, index, &context, &mut *sm))
                 }
-                EntryType::EntryConfChangeV2 => {
+                (EntryType::EntryConfChangeV2, _) => {
                     let cc = ConfChangeV2::parse_from_bytes(&entry.data)
                         .map_err(|e| StoreError::Corrupt(format!("undecodable conf change at {index}: {e}")))?;
                     let context = cc.context.clone();
@@ -625,13 +636,15 @@ impl<S: StateMachine> Driver<S> {
         if self.applied <= snapshot_index {
             return Ok(());
         }
-        if !wanted && self.applied - snapshot_index < self.cfg.snapshot_every {
+        let due =
+            self.applied - snapshot_index >= self.cfg.snapshot_every || store.log_bytes() >= self.cfg.snapshot_bytes;
+        if !wanted && !due {
             return Ok(());
         }
         let started = Instant::now();
         let data = self.sm.read().unwrap_or_else(PoisonError::into_inner).snapshot();
         let (applied, conf_state, retain) = (self.applied, self.conf_state.clone(), self.cfg.log_retain);
-        self.raw.mut_store().create_snapshot(applied, conf_state, data, retain)?;
+        self.raw.mut_store().create_snapshot(applied, conf_state, data, retain, self.cfg.log_retain_bytes)?;
         tracing::debug!(target: "shoal::raft", "snapshot at index {applied}; log compacted in {:?}", started.elapsed());
         Ok(())
     }

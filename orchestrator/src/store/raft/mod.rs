@@ -14,7 +14,8 @@
 //!   log after it is re-applied.
 //! - A proposal is answered when its entry is applied locally, with the state machine's response,
 //!   or with an error that says whether it may still be applied ([`ProposeError`]).
-//! - Snapshot + log compaction every [`RaftConfig::snapshot_every`] applied entries.
+//! - Snapshot + log compaction every [`RaftConfig::snapshot_every`] applied entries, or once the
+//!   log holds [`RaftConfig::snapshot_bytes`].
 //! - raft-rs's messages (protobuf 2) never leave this module: peers exchange opaque bytes through
 //!   [`Transport`] and [`RaftHandle::step`].
 //!
@@ -56,9 +57,17 @@ pub use storage::DB_FILE;
 /// the same commands in the same order to the same snapshot must give the same state and responses
 /// on every member.
 pub trait StateMachine: Send + Sync + 'static {
+    /// A command as [`StateMachine::apply`] takes it.
+    type Command: Send;
+
+    /// Decodes a committed command's bytes. Called without the state's lock, so that readers
+    /// are not held up while a large command (thousands of tasks) is parsed. Must not panic: an
+    /// undecodable command is for `apply` to answer (with an error, changing nothing).
+    fn decode(command: &[u8]) -> Self::Command;
+
     /// Applies one committed command and returns the response for the proposer. `index` is the
     /// command's raft log index (strictly increasing). Must not panic: a panic stops the driver.
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8>;
+    fn apply(&mut self, index: u64, command: Self::Command) -> Vec<u8>;
 
     /// Serializes the full state (taken every `snapshot_every` entries and sent to lagging members).
     fn snapshot(&self) -> Vec<u8>;
@@ -109,7 +118,7 @@ pub enum Bootstrap {
 }
 
 /// Driver configuration. [`RaftConfig::new`] gives sensible defaults: a 100 ms tick, elections after
-/// 1–2 s without a leader, heartbeats every 200 ms, a snapshot every 10,000 entries.
+/// 1–2 s without a leader, heartbeats every 200 ms, a snapshot every 10,000 entries (or 64 MiB).
 #[derive(Debug, Clone)]
 pub struct RaftConfig {
     /// This member's id; non-zero, unique in the group, and stable for the life of the state dir.
@@ -125,9 +134,14 @@ pub struct RaftConfig {
     pub heartbeat_tick: usize,
     /// Applied entries between two snapshots (each followed by log compaction).
     pub snapshot_every: u64,
+    /// Log payload bytes held in memory (and on disk) that also trigger a snapshot, however few
+    /// the entries: at 100,000 tasks, a handful of status batches is tens of megabytes.
+    pub snapshot_bytes: u64,
     /// Entries kept in the log behind a snapshot, so that a briefly lagging follower catches up
     /// from the log instead of receiving a full snapshot.
     pub log_retain: u64,
+    /// ... but no more payload bytes than this.
+    pub log_retain_bytes: u64,
     /// How long `propose`, `read_index` and membership changes wait for their outcome.
     pub request_timeout: Duration,
     /// Leaders step down when they lose contact with a quorum for an election timeout, so that
@@ -154,7 +168,9 @@ impl RaftConfig {
             election_tick: 10,
             heartbeat_tick: 2,
             snapshot_every: 10_000,
+            snapshot_bytes: 64 << 20,
             log_retain: 1_000,
+            log_retain_bytes: 16 << 20,
             request_timeout: Duration::from_secs(10),
             check_quorum: true,
             pre_vote: true,

@@ -25,6 +25,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 
 use super::StoreError;
 
+/// redb's page cache (see `open`).
+const CACHE_BYTES: usize = 32 << 20;
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
@@ -43,12 +45,19 @@ pub(crate) struct RedbStorage {
     db: Database,
     path: PathBuf,
     hard_state: HardState,
-    /// Latest snapshot (data included). Index 0 means "none yet" (a node waiting to join).
+    /// Latest snapshot: its metadata, and its data only until the driver has restored it at
+    /// startup (see [`RedbStorage::forget_snapshot_data`]); when the data is needed later (to send
+    /// it to a member) it is read back from the database. Index 0 means "none yet" (a node waiting to join).
     snapshot: Snapshot,
+    /// The latest snapshot with its data once read back to be sent, so that sending it to
+    /// several members (or again) shares one copy; dropped when a newer snapshot replaces it.
+    loaded: std::sync::Mutex<Option<Snapshot>>,
     truncated_index: u64,
     truncated_term: u64,
     /// `entries[i].index == truncated_index + 1 + i`.
     entries: Vec<Entry>,
+    /// Payload bytes of `entries` (see [`entry_bytes`]): snapshots are also taken by size.
+    entries_bytes: u64,
     /// Set when raft asked for a snapshot newer than the stored one; the driver then takes one.
     snapshot_wanted: std::sync::atomic::AtomicBool,
 }
@@ -59,6 +68,18 @@ pub(crate) enum Opened {
     Empty(RedbStorage),
     /// Existing state: recover from it.
     Existing(RedbStorage),
+}
+
+/// An entry's payload size, as counted for snapshots and log retention.
+fn entry_bytes(entry: &Entry) -> u64 {
+    (entry.data.len() + entry.context.len()) as u64
+}
+
+/// A snapshot's metadata without its data.
+fn metadata_only(snapshot: &Snapshot) -> Snapshot {
+    let mut meta = Snapshot::default();
+    meta.set_metadata(snapshot.get_metadata().clone());
+    meta
 }
 
 fn db_err(path: &Path, e: impl Into<redb::Error>) -> StoreError {
@@ -99,7 +120,9 @@ impl RedbStorage {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(DB_FILE);
-        let db = match Database::create(&path) {
+        // redb's default cache may grow to 1 GiB; the log is mirrored in memory anyway, and the
+        // snapshot is read back only to send it.
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path }),
             Err(e) => return Err(db_err(&path, e)),
@@ -191,6 +214,8 @@ impl RedbStorage {
             snapshot,
             truncated_index,
             truncated_term,
+            loaded: std::sync::Mutex::new(None),
+            entries_bytes: entries.iter().map(entry_bytes).sum(),
             entries,
             snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
         };
@@ -201,6 +226,11 @@ impl RedbStorage {
         }
     }
 
+    /// Payload bytes of the log held (behind and after the latest snapshot).
+    pub(crate) fn log_bytes(&self) -> u64 {
+        self.entries_bytes
+    }
+
     pub(crate) fn path(&self) -> &Path {
         &self.path
     }
@@ -209,8 +239,34 @@ impl RedbStorage {
         &self.hard_state
     }
 
-    pub(crate) fn snapshot_ref(&self) -> &Snapshot {
-        &self.snapshot
+    /// The data of the latest snapshot is not kept in memory once restored (at 100,000 tasks it
+    /// is tens of megabytes); raft reads it back when a member needs it.
+    pub(crate) fn forget_snapshot_data(&mut self) {
+        self.snapshot = metadata_only(&self.snapshot);
+    }
+
+    fn forget_loaded(&self) {
+        *self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+
+    /// The latest snapshot with its data (which clones share).
+    pub(crate) fn full_snapshot(&self) -> Result<Snapshot, StoreError> {
+        if !self.snapshot.data.is_empty() || self.snapshot_index() == 0 {
+            return Ok(self.snapshot.clone());
+        }
+        let mut loaded = self.loaded.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(snapshot) = loaded.as_ref() {
+            return Ok(snapshot.clone());
+        }
+        let path = &self.path;
+        let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
+        let meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
+        let snapshot: Snapshot = match meta.get(KEY_SNAPSHOT).map_err(|e| db_err(path, e))? {
+            Some(bytes) => decode("snapshot", bytes.value())?,
+            None => Snapshot::default(),
+        };
+        *loaded = Some(snapshot.clone());
+        Ok(snapshot)
     }
 
     pub(crate) fn snapshot_index(&self) -> u64 {
@@ -323,15 +379,19 @@ impl RedbStorage {
 
         // Durable: mirror it in memory.
         if let Some(snap) = snapshot {
-            self.snapshot = snap.clone();
+            self.snapshot = metadata_only(snap);
+            self.forget_loaded();
             self.truncated_index = truncated.0;
             self.truncated_term = truncated.1;
             self.entries.clear();
+            self.entries_bytes = 0;
         }
         if let Some(first) = entries.first() {
             let keep = (first.index - self.truncated_index - 1) as usize;
+            let replaced: u64 = self.entries.get(keep..).unwrap_or_default().iter().map(entry_bytes).sum();
             self.entries.truncate(keep);
             self.entries.extend_from_slice(entries);
+            self.entries_bytes = self.entries_bytes - replaced + entries.iter().map(entry_bytes).sum::<u64>();
         }
         self.hard_state = new_hs;
         Ok(())
@@ -352,6 +412,7 @@ impl RedbStorage {
         conf_state: ConfState,
         data: Vec<u8>,
         retain: u64,
+        retain_bytes: u64,
     ) -> Result<(), StoreError> {
         if index <= self.snapshot_index() {
             return Ok(());
@@ -365,7 +426,17 @@ impl RedbStorage {
             meta.term = term;
             meta.set_conf_state(conf_state);
         }
-        let compact_to = index.saturating_sub(retain).max(self.truncated_index);
+        let mut compact_to = index.saturating_sub(retain).max(self.truncated_index);
+        // The entries kept behind the snapshot also stay within `retain_bytes`: a few large
+        // entries (status batches of thousands of tasks) must not pin gigabytes in memory.
+        let mut kept = 0;
+        for i in ((compact_to + 1)..=index).rev() {
+            kept += self.entries.get((i - self.truncated_index - 1) as usize).map_or(0, entry_bytes);
+            if kept > retain_bytes {
+                compact_to = i;
+                break;
+            }
+        }
         let compact_term = self
             .term_of(compact_to)
             .map_err(|e| StoreError::Corrupt(format!("no term for compaction index {compact_to}: {e}")))?;
@@ -391,10 +462,12 @@ impl RedbStorage {
         txn.commit().map_err(|e| db_err(&path, e))?;
 
         let drop_n = (compact_to - self.truncated_index) as usize;
-        self.entries.drain(..drop_n.min(self.entries.len()));
+        let dropped: u64 = self.entries.drain(..drop_n.min(self.entries.len())).map(|e| entry_bytes(&e)).sum();
+        self.entries_bytes -= dropped;
         self.truncated_index = compact_to;
         self.truncated_term = compact_term;
-        self.snapshot = snap;
+        self.snapshot = metadata_only(&snap);
+        self.forget_loaded();
         self.hard_state = hs;
         Ok(())
     }
@@ -435,9 +508,24 @@ impl Storage for RedbStorage {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
         let offset = self.truncated_index + 1;
-        let mut ents = self.entries[(low - offset) as usize..(high - offset) as usize].to_vec();
-        raft::util::limit_size(&mut ents, max_size.into());
-        Ok(ents)
+        let range = &self.entries[(low - offset) as usize..(high - offset) as usize];
+        // Limited before copying (as raft's `limit_size` would after): at least one entry, then
+        // as many as fit. A lagging follower must not make us copy the whole log per message.
+        let count = match max_size.into() {
+            Some(max) if max != raft::NO_LIMIT => {
+                let mut size = 0u64;
+                range
+                    .iter()
+                    .take_while(|e| {
+                        let first = size == 0;
+                        size += u64::from(protobuf::Message::compute_size(*e));
+                        first || size <= max
+                    })
+                    .count()
+            }
+            _ => range.len(),
+        };
+        Ok(range[..count].to_vec())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
@@ -461,7 +549,7 @@ impl Storage for RedbStorage {
             self.snapshot_wanted.store(true, std::sync::atomic::Ordering::Relaxed);
             return Err(raft::Error::Store(RaftStorageError::SnapshotTemporarilyUnavailable));
         }
-        Ok(self.snapshot.clone())
+        self.full_snapshot().map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))))
     }
 }
 
@@ -506,7 +594,7 @@ mod tests {
         assert!(s.entries(1, 3, None, GetEntriesContext::empty(false)).is_err(), "index 1 is compacted");
 
         // Snapshot at 6, keeping one entry behind it.
-        s.create_snapshot(6, ConfState::from((vec![7], vec![])), b"state@6".to_vec(), 1).unwrap();
+        s.create_snapshot(6, ConfState::from((vec![7], vec![])), b"state@6".to_vec(), 1, u64::MAX).unwrap();
         assert_eq!((s.first_index_(), s.last_index_(), s.snapshot_index()), (6, 7, 6));
         assert_eq!(s.term_of(5).unwrap(), 1, "term of the last compacted entry is kept");
         drop(s);
@@ -532,5 +620,36 @@ mod tests {
         assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![7, 8]);
         drop(s);
         assert!(matches!(RedbStorage::open(dir.path(), 9), Err(StoreError::IdMismatch { found: 7, .. })));
+    }
+
+    fn big(index: u64, bytes: usize) -> Entry {
+        Entry { index, term: 1, data: vec![b'x'; bytes].into(), ..Entry::default() }
+    }
+
+    #[test]
+    fn the_log_is_counted_in_bytes_and_large_entries_are_neither_retained_nor_copied_beyond_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = open(dir.path());
+        s.bootstrap(&[7], b"init".to_vec()).unwrap();
+        let ents: Vec<Entry> = (2..=11).map(|i| big(i, 1000)).collect();
+        s.persist(None, &ents, Some(&HardState { term: 1, vote: 7, commit: 11, ..HardState::default() })).unwrap();
+        assert_eq!(s.log_bytes(), 10_000);
+        // Overwriting a suffix replaces its bytes.
+        s.persist(None, &[big(10, 10)], None).unwrap();
+        assert_eq!((s.last_index_(), s.log_bytes()), (10, 8_010));
+        drop(s);
+        let mut s = open(dir.path());
+        assert_eq!(s.log_bytes(), 8_010, "counted again on reopen");
+
+        // A message's size limit applies before copying: at least one entry, then what fits.
+        let got = s.entries(2, 11, Some(2_500), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 2);
+        let got = s.entries(2, 11, Some(10), GetEntriesContext::empty(false)).unwrap();
+        assert_eq!(got.len(), 1);
+
+        // Up to 5 entries may stay behind the snapshot by count, but only 2,500 bytes: 2 of them.
+        s.create_snapshot(9, ConfState::from((vec![7], vec![])), b"state@9".to_vec(), 5, 2_500).unwrap();
+        assert_eq!((s.first_index_(), s.last_index_()), (8, 10));
+        assert_eq!(s.log_bytes(), 2_010);
     }
 }

@@ -32,10 +32,15 @@ struct MembershipEvent {
 }
 
 impl StateMachine for Kv {
-    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+    type Command = String;
+
+    fn decode(command: &[u8]) -> String {
+        String::from_utf8_lossy(command).into_owned()
+    }
+
+    fn apply(&mut self, index: u64, text: String) -> Vec<u8> {
         assert!(index > self.last_index, "index {index} applied after {}", self.last_index);
         self.last_index = index;
-        let text = String::from_utf8_lossy(command);
         let (k, v) = text.split_once('=').unwrap_or((&text, ""));
         if self.map.insert(k.to_string(), v.to_string()).is_some() {
             self.rewrites += 1;
