@@ -91,3 +91,45 @@ impl Watched {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::tests::{converge, state_with};
+    use crate::store::command::{Command, StatusUpdate};
+    use crate::store::state::TaskState;
+
+    fn watched() -> Watched {
+        Watched { stack: "p".into(), sent: BTreeMap::new(), cursor: None, services: Vec::new() }
+    }
+
+    fn ids(events: &[pb::WatchEvent]) -> Vec<(u64, i32)> {
+        events.iter().filter_map(|e| e.task.as_ref()).map(|t| (t.id, t.state)).collect()
+    }
+
+    #[test]
+    fn a_stream_sends_every_task_once_then_only_what_changed() {
+        let mut state = state_with(&["a", "b"], &[("web", "image: x", 3)]);
+        converge(&mut state, 0);
+        let mut watch = watched();
+        assert_eq!(watch.events(&state).len(), 3);
+        assert!(watch.events(&state).is_empty(), "nothing changed");
+
+        let task = state.tasks.values().next().expect("a task").clone();
+        let node = task.node.clone().expect("placed");
+        let report = |state: TaskState| StatusUpdate::new(task.id, node.clone(), state);
+        state.apply(Command::ReportStatus { updates: vec![report(TaskState::Running)], at: 1 });
+        assert_eq!(ids(&watch.events(&state)), vec![(task.id, pb::TaskState::Running as i32)]);
+
+        state.apply(Command::ReportStatus { updates: vec![report(TaskState::Removed)], at: 2 });
+        watch.events(&state);
+        state.apply(Command::ForgetTasks { tasks: vec![task.id] });
+        assert_eq!(ids(&watch.events(&state)), vec![(task.id, pb::TaskState::Removed as i32)], "reported gone once");
+        assert!(watch.events(&state).is_empty());
+
+        // A restored state (a new table): everything is compared again, nothing unchanged is sent.
+        let restored: ClusterState =
+            serde_json::from_slice(&serde_json::to_vec(&state).expect("encodes")).expect("decodes");
+        assert!(watch.events(&restored).is_empty());
+    }
+}

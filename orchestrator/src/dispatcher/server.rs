@@ -302,20 +302,19 @@ fn cluster_status(error: ClusterError) -> Status {
 }
 
 /// Whether registering `node` would change nothing of the `known` record: it is ready and the
-/// agent tells the same facts (labels compared with what the agent gave last, before the
-/// operator's changes).
+/// agent tells the same facts. What registration does not set (availability, the operator's
+/// labels, timestamps, status message) is taken from `known`; the agent's labels are compared
+/// with what it gave last.
 fn same_registration(known: &Node, labels: Option<&NodeLabels>, node: &Node) -> bool {
     let agent_labels = labels.map_or(&known.labels, |l| &l.agent);
-    known.status == NodeStatus::Ready
-        && known.hostname == node.hostname
-        && known.role == node.role
-        && known.nano_cpus == node.nano_cpus
-        && known.memory_bytes == node.memory_bytes
-        && known.os == node.os
-        && known.arch == node.arch
-        && known.engine_version == node.engine_version
-        && known.address == node.address
-        && *agent_labels == node.labels
+    let as_registered = Node {
+        availability: known.availability,
+        labels: known.labels.clone(),
+        status_message: known.status_message.clone(),
+        updated_at: known.updated_at,
+        ..node.clone()
+    };
+    known.status == NodeStatus::Ready && as_registered == *known && *agent_labels == node.labels
 }
 
 fn valid_node_id(id: &str) -> bool {
@@ -765,6 +764,29 @@ fn take_queued(first: Batch, batches: &mut mpsc::Receiver<Batch>, max: usize) ->
 mod tests {
     use super::*;
     use crate::store::state::TaskState;
+
+    #[test]
+    fn only_a_ready_node_telling_the_same_facts_registers_without_a_write() {
+        let known = crate::scheduler::tests::node("a");
+        let again = Node { updated_at: 99, ..known.clone() };
+        assert!(same_registration(&known, None, &again));
+        // An operator's availability and labels are the store's, not the agent's to repeat.
+        let drained = Node { availability: crate::store::state::Availability::Drain, ..known.clone() };
+        assert!(same_registration(&drained, None, &again));
+        let operator = NodeLabels {
+            agent: known.labels.clone(),
+            added: [("zone".into(), "x".into())].into(),
+            ..NodeLabels::default()
+        };
+        let labelled = Node { labels: operator.effective(), ..known.clone() };
+        assert!(same_registration(&labelled, Some(&operator), &again));
+
+        assert!(!same_registration(&Node { status: NodeStatus::Down, ..known.clone() }, None, &again));
+        assert!(!same_registration(&known, None, &Node { memory_bytes: 1, ..again.clone() }));
+        let relabelled = Node { labels: [("gpu".into(), "1".into())].into(), ..again.clone() };
+        assert!(!same_registration(&known, None, &relabelled));
+        assert!(!same_registration(&labelled, Some(&operator), &relabelled));
+    }
 
     #[test]
     fn node_ids() {

@@ -535,7 +535,7 @@ impl<S: StateMachine> Driver<S> {
             return Ok(());
         }
         // Commands are decoded before the lock is taken: readers wait only for the applying.
-        let mut decoded: Vec<Option<S::Command>> = entries
+        let decoded: Vec<Option<S::Command>> = entries
             .iter()
             .map(|entry| {
                 let command = entry.get_entry_type() == EntryType::EntryNormal
@@ -546,12 +546,12 @@ impl<S: StateMachine> Driver<S> {
             .collect();
         let sm = self.sm.clone();
         let mut sm = sm.write().unwrap_or_else(PoisonError::into_inner);
-        for (entry, command) in entries.into_iter().zip(decoded.iter_mut()) {
+        for (entry, command) in entries.into_iter().zip(decoded) {
             let index = entry.index;
             if index <= self.applied {
                 continue;
             }
-            let outcome = match (entry.get_entry_type(), command.take()) {
+            let outcome = match (entry.get_entry_type(), command) {
                 (EntryType::EntryNormal, Some(command)) => Outcome::Command(sm.apply(index, command)),
                 (EntryType::EntryNormal, None) => Outcome::Noop,
                 (EntryType::EntryConfChange, _) => {
