@@ -2,7 +2,7 @@
 //! agent`) on this machine, all on the one local Docker engine, each agent running the
 //! containers placed on its node. Spreading, constraints, reservations that fit nowhere, drain
 //! and pause, a node lost (`kill -9`) and back, global services on a node that joins later, and
-//! scaling across the nodes.
+//! scaling across the nodes; `up --wait` through a connection reset.
 //!
 //! Each test has its own cluster and stack. The `Stack` is declared before the `Nodes`, so that
 //! the agents are gone before the stack's objects are removed (see `support/multinode.rs`).
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value as Json;
 use shoal_tests::managers::poll;
 use shoal_tests::multinode::Nodes;
+use shoal_tests::relay::Relay;
 use shoal_tests::stack::{docker, docker_ok, Stack, IMAGE};
 
 /// Three nodes: node1 in zone east, node2 and node3 in zone west.
@@ -321,4 +322,26 @@ fn a_global_service_follows_a_node_that_joins_later() {
     nodes.wait_for_placement(&stack, "monitor", &[("node1", 1), ("node2", 1), ("node3", 1)]);
     nodes.ok(&stack, &["node", "update", "node4", "--availability", "active"]);
     nodes.wait_for_placement(&stack, "monitor", &[("node1", 1), ("node2", 1), ("node3", 1), ("node4", 1)]);
+}
+
+#[test]
+fn up_waits_on_through_a_connection_reset_while_its_manager_stays() {
+    let stack = Stack::new("mn-reset");
+    let nodes = Nodes::start(&THREE[..1]);
+    // Healthy only once the test says so: `up --wait` is still watching when the connection
+    // is reset.
+    stack.compose(&format!(
+        "services:\n  web:\n    image: {IMAGE}\n    init: true\n    command: [sleep, '600']\n    stop_grace_period: 1s\n    healthcheck: {{test: [CMD, test, -f, /tmp/ready], interval: 300ms, retries: 1000}}\nnetworks:\n  default: {{}}\n"
+    ));
+    let relay = Relay::start(&nodes.addr());
+    let up = std::thread::scope(|s| {
+        let up = s.spawn(|| stack.run(&["-H", relay.address(), "up", "--wait", "--timeout", "90"]));
+        let container = poll("web's container to run", Duration::from_secs(60), || {
+            running_containers(&stack).pop().ok_or_else(|| "none yet".to_string())
+        });
+        assert!(relay.cut() >= 1, "the CLI holds a connection through the relay");
+        docker_ok(&["exec", &container, "touch", "/tmp/ready"]);
+        up.join().expect("the up thread")
+    });
+    assert_eq!(up.code, 0, "up --wait failed after the connection reset:\n{}", up.stderr);
 }

@@ -2,11 +2,13 @@
 //! environment, and scratch project directories that remove themselves. [`stack`]: end-to-end
 //! projects on the real Docker engine. [`netcluster`]: managers in containers on a private
 //! network, for partition tests. [`managers`]: managers as processes on loopback. [`multinode`]:
-//! a manager and several agents (nodes) on the local engine.
+//! a manager and several agents (nodes) on the local engine. [`relay`]: a TCP relay whose
+//! connections a test can reset.
 
 pub mod managers;
 pub mod multinode;
 pub mod netcluster;
+pub mod relay;
 pub mod stack;
 
 use std::path::{Path, PathBuf};

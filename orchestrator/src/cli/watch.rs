@@ -20,16 +20,22 @@ pub enum Seen {
     TimedOut,
 }
 
+/// How many times in a row a watch is opened again without an event in between before the
+/// failure is reported: a manager that keeps breaking the stream is not waited on forever.
+const MAX_REOPENS: u32 = 5;
+
 pub struct TaskWatch {
     stack: String,
     events: Streaming<pb::WatchEvent>,
+    /// Reopens since the last event.
+    reopens: u32,
     /// What [`TaskWatch::more_ready`] took off the stream, for the next [`TaskWatch::next`].
     peeked: Option<Option<Result<pb::WatchEvent, tonic::Status>>>,
 }
 
 impl TaskWatch {
     pub async fn open(connection: &mut Connection, stack: &str) -> anyhow::Result<TaskWatch> {
-        Ok(TaskWatch { stack: stack.to_string(), events: open(connection, stack).await?, peeked: None })
+        Ok(TaskWatch { stack: stack.to_string(), events: open(connection, stack).await?, reopens: 0, peeked: None })
     }
 
     /// Whether another event (or the stream's end) is already here. Callers that judge the
@@ -42,9 +48,13 @@ impl TaskWatch {
         self.peeked.is_some()
     }
 
-    /// The next event, [`Seen::Reopened`] after the serving manager went away, or
-    /// [`Seen::TimedOut`] once `deadline` has passed. An error when the stream failed or ended
-    /// and there is no other manager to go to.
+    /// The next event, [`Seen::Reopened`] after the stream broke, or [`Seen::TimedOut`] once
+    /// `deadline` has passed. An error when the watch cannot be opened again.
+    ///
+    /// The server never ends a watch with an error of its own, so a failed stream is the
+    /// connection's doing — the manager was killed, or its connection reset while another
+    /// manager was killed — and the watch is opened again: on another manager if this one went
+    /// away, else on the same one. Opening a watch is a read, safe to repeat.
     pub async fn next(&mut self, connection: &mut Connection, deadline: Option<Instant>) -> anyhow::Result<Seen> {
         let next = match (self.peeked.take(), deadline) {
             (Some(peeked), _) => peeked,
@@ -55,15 +65,21 @@ impl TaskWatch {
             (None, None) => self.events.next().await,
         };
         let failure = match next {
-            Some(Ok(event)) => return Ok(Seen::Event(Box::new(event))),
-            Some(Err(status)) => anyhow::anyhow!("progress stream: {}", status.message()),
+            Some(Ok(event)) => {
+                self.reopens = 0;
+                return Ok(Seen::Event(Box::new(event)));
+            }
+            Some(Err(status)) => anyhow::anyhow!("progress stream: {} ({:?})", status.message(), status.code()),
             // A watch never ends by itself: its manager is stopping.
             None => anyhow::anyhow!("the manager closed the progress stream"),
         };
-        if !connection.recover().await? {
-            return Err(failure);
+        tracing::debug!("{failure:#}; opening the watch again");
+        self.reopens += 1;
+        if self.reopens > MAX_REOPENS {
+            return Err(failure.context(format!("the watch broke {MAX_REOPENS} times in a row")));
         }
-        self.events = open(connection, &self.stack).await?;
+        connection.recover().await?;
+        self.events = open(connection, &self.stack).await.map_err(|e| e.context(failure))?;
         self.peeked = None;
         Ok(Seen::Reopened)
     }
