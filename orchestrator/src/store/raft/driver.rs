@@ -1,6 +1,6 @@
 //! The raft loop: one thread owns the `RawNode`, its redb storage and the state machine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +13,7 @@ use ::raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use protobuf::Message as _;
 use tokio::sync::{oneshot, watch};
 
+use super::reads::Reads;
 use super::storage::{Opened, RedbStorage};
 use super::{
     logger, Bootstrap, MemberChange, Membership, PeerProgress, ProposeError, RaftConfig, RaftStatus, Reply, Request,
@@ -49,14 +50,6 @@ struct Pending {
     waiter: Waiter,
 }
 
-struct PendingRead {
-    reply: Reply<u64>,
-    /// Read index granted by the leader, once known.
-    index: Option<u64>,
-    /// Tick at which the request was (re-)issued to raft.
-    issued_at: u64,
-}
-
 /// What applying one entry produced, for its proposer.
 enum Outcome {
     Command(Vec<u8>),
@@ -76,7 +69,7 @@ struct Driver<S: StateMachine> {
     seq: u64,
     /// Proposals by log index.
     proposals: BTreeMap<u64, Pending>,
-    reads: HashMap<u64, PendingRead>,
+    reads: Reads,
     applied: u64,
     conf_state: ConfState,
     ticks: u64,
@@ -211,7 +204,7 @@ impl<S: StateMachine> Driver<S> {
             status_tx,
             seq,
             proposals: BTreeMap::new(),
-            reads: HashMap::new(),
+            reads: Reads::default(),
             applied,
             conf_state,
             ticks: 0,
@@ -275,9 +268,7 @@ impl<S: StateMachine> Driver<S> {
         for (_, p) in std::mem::take(&mut self.proposals) {
             p.waiter.fail(ProposeError::Indeterminate);
         }
-        for (_, r) in self.reads.drain() {
-            let _ = r.reply.send(Err(ProposeError::Stopped));
-        }
+        self.reads.fail_all(&ProposeError::Stopped);
         while let Ok(request) = rx.try_recv() {
             match request {
                 Request::Propose { replies, .. } => {
@@ -316,9 +307,8 @@ impl<S: StateMachine> Driver<S> {
                 if !self.is_leader() && self.leader_hint().is_none() {
                     let _ = reply.send(Err(ProposeError::NotLeader { leader_hint: None }));
                 } else {
-                    let seq = self.next_seq();
-                    self.reads.insert(seq, PendingRead { reply, index: None, issued_at: self.ticks });
-                    self.raw.read_index(context(self.id, seq).to_vec());
+                    self.reads.ask(reply);
+                    self.issue_read();
                 }
             }
             Request::Step(message) => {
@@ -429,25 +419,28 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Issues a ReadIndex for the readers waiting, unless one is in flight (see [`Reads`]).
+    fn issue_read(&mut self) {
+        if self.reads.start_next(self.seq.wrapping_add(1), self.ticks) {
+            let seq = self.next_seq();
+            self.raw.read_index(context(self.id, seq).to_vec());
+        }
+    }
+
     fn on_tick(&mut self) {
         self.ticks += 1;
         // raft-rs drops ReadIndex requests it cannot serve yet (no leader known, or a new leader
-        // that has not committed an entry in its term): re-issue those still without an index.
+        // that has not committed an entry in its term): issue one still without an index again.
         let reissue_after = self.cfg.heartbeat_tick.max(1) as u64 * 2;
-        let can_read = self.is_leader() || self.leader_hint().is_some();
-        let mut reissue = Vec::new();
-        for (seq, read) in self.reads.iter_mut() {
-            if read.index.is_none() && self.ticks >= read.issued_at + reissue_after && can_read {
-                read.issued_at = self.ticks;
-                reissue.push(*seq);
+        if self.is_leader() || self.leader_hint().is_some() {
+            if let Some(seq) = self.reads.due_again(self.ticks, reissue_after) {
+                self.raw.read_index(context(self.id, seq).to_vec());
             }
-        }
-        for seq in reissue {
-            self.raw.read_index(context(self.id, seq).to_vec());
         }
         if self.ticks % SWEEP_EVERY_TICKS == 0 {
             self.proposals.retain(|_, p| !p.waiter.is_closed());
-            self.reads.retain(|_, r| !r.reply.is_closed());
+            self.reads.sweep();
+            self.issue_read();
         }
     }
 
@@ -488,6 +481,10 @@ impl<S: StateMachine> Driver<S> {
             self.apply(light.take_committed_entries())?;
             self.raw.advance_apply();
             self.answer_reads();
+            // The readers that asked while a ReadIndex was in flight get the next one at once
+            // (after `advance`: a follower's ReadIndex is a message, which raft-rs allows only
+            // between readies).
+            self.issue_read();
         }
         Ok(())
     }
@@ -510,24 +507,12 @@ impl<S: StateMachine> Driver<S> {
 
     fn on_read_state(&mut self, rs: ReadState) {
         if let Some(seq) = parse_context(self.id, &rs.request_ctx) {
-            if let Some(read) = self.reads.get_mut(&seq) {
-                read.index.get_or_insert(rs.index);
-            }
+            self.reads.granted(seq, rs.index);
         }
     }
 
     fn answer_reads(&mut self) {
-        if self.reads.is_empty() {
-            return;
-        }
-        let applied = self.applied;
-        let done: Vec<u64> =
-            self.reads.iter().filter(|(_, r)| r.index.is_some_and(|i| i <= applied)).map(|(seq, _)| *seq).collect();
-        for seq in done {
-            if let Some(read) = self.reads.remove(&seq) {
-                let _ = read.reply.send(Ok(read.index.unwrap_or(applied)));
-            }
-        }
+        self.reads.answer(self.applied);
     }
 
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), StoreError> {

@@ -39,6 +39,7 @@
 mod driver;
 pub mod local;
 mod logger;
+mod reads;
 mod storage;
 #[cfg(test)]
 mod tests;

@@ -374,6 +374,21 @@ async fn three_nodes_elect_replicate_and_refuse_writes_on_followers() {
     assert!(read >= index);
     assert_eq!(cluster.state(follower).map.get("fresh").map(String::as_str), Some("1"));
 
+    // Thousands of concurrent reads (agents opening sessions at once) share ReadIndex rounds,
+    // and each still sees what was written before it asked.
+    for id in [leader, follower] {
+        let index = index_of(&cluster.handle(leader).propose(cmd("burst", &id.to_string())).await.unwrap());
+        let handle = cluster.handle(id).clone();
+        let reads = (0..5000).map(|_| {
+            let handle = handle.clone();
+            tokio::spawn(async move { handle.read_index().await })
+        });
+        for read in futures_util::future::join_all(reads).await {
+            let read = read.expect("the read task").expect("every read is answered");
+            assert!(read >= index, "a read on {id} at {read} missed the write at {index}");
+        }
+    }
+
     let status = cluster.handle(leader).wait_for(WAIT, |s| s.applied_index >= index).await.unwrap();
     assert_eq!(status.membership.voters, vec![1, 2, 3]);
     assert_eq!(status.progress.len(), 3);
