@@ -5,12 +5,19 @@
 //!
 //! Each case times `schedule()` over the same snapshot (it is pure): one warm-up, then
 //! `SHOAL_BENCH_ITERS` (default 5) timed runs; prints the median and placements per second.
+//!
+//! The steady case times what the leader does over and over once a large deploy is placed: a
+//! whole orchestration round (reconcile, schedule, rebalance) over 100,000 placed tasks on 10,000
+//! nodes with nothing to decide, and a copy of that state. A round reads the state under its
+//! lock, which the raft thread needs to apply.
+//!
 //! Run with `cargo bench -p shoal-orchestrator --bench scheduler`. Without `--bench` on the
 //! command line (as `cargo test --all-targets` runs it) it schedules a small cluster once.
 
 use std::time::{Duration, Instant};
 
 use shoal_orchestrator::reconciler::reconcile;
+use shoal_orchestrator::scheduler::rebalance::rebalance_all;
 use shoal_orchestrator::scheduler::schedule;
 use shoal_orchestrator::store::command::{Command, ServiceDeployment};
 use shoal_orchestrator::store::state::{Availability, ClusterState, Node, NodeRole, NodeStatus, ServiceMode};
@@ -111,6 +118,46 @@ fn case(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The median of `iterations` timed runs of `f` (after one warm-up).
+fn median_of<T>(iterations: usize, mut f: impl FnMut() -> T) -> Duration {
+    f();
+    let mut times: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            let started = Instant::now();
+            std::hint::black_box(f());
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// A round and a copy of the state, once `tasks` are placed on `nodes` (see the module docs).
+fn steady(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
+    let mut state = cluster(nodes, tasks)?;
+    for command in schedule(&state, 0) {
+        state.apply(command);
+    }
+    let round = || {
+        let mut commands = reconcile(&state, 0);
+        commands.extend(schedule(&state, 0));
+        commands.extend(rebalance_all(&state, 0));
+        commands
+    };
+    let left = round().len();
+    if left != 0 {
+        return Err(format!("a settled state still has {left} commands to propose"));
+    }
+    let round = median_of(iterations, round);
+    let copy = median_of(iterations, || state.clone());
+    println!(
+        "  steady: {tasks} placed tasks on {nodes} nodes: a round {:.1} ms, a copy of the state {:.1} ms",
+        round.as_secs_f64() * 1e3,
+        copy.as_secs_f64() * 1e3
+    );
+    Ok(())
+}
+
 fn main() {
     let bench_mode = std::env::args().any(|a| a == "--bench");
     let iterations: usize = std::env::var("SHOAL_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5).max(1);
@@ -121,6 +168,11 @@ fn main() {
             eprintln!("scheduler bench failed: {e}");
             std::process::exit(1);
         }
+    }
+    let (nodes, tasks) = if bench_mode { (10_000, 100_000) } else { (100, 1_000) };
+    if let Err(e) = steady(nodes, tasks, if bench_mode { iterations } else { 1 }) {
+        eprintln!("scheduler bench failed: {e}");
+        std::process::exit(1);
     }
     if !bench_mode {
         println!("scheduler bench: smoke run ok (pass --bench to measure)");

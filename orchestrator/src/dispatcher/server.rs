@@ -641,12 +641,27 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
     }
 }
 
+/// A check that comes late (more than two periods after the last) means this manager was
+/// stalled — its runtime's workers busy or blocked, the machine overloaded: it could not take
+/// heartbeats either, so that time does not count against the nodes. Moves every last heartbeat
+/// later by the stall (never past `at`); returns the stall.
+fn forgive_stall(seen: &mut HashMap<NodeId, Instant>, last_check: Instant, at: Instant, every: Duration) -> Duration {
+    let stalled = at.saturating_duration_since(last_check).saturating_sub(every * 2);
+    if !stalled.is_zero() {
+        for last in seen.values_mut() {
+            *last = (*last + stalled).min(at);
+        }
+    }
+    stalled
+}
+
 /// On the leader: marks Ready nodes whose last heartbeat is older than `down_after` as Down.
 async fn monitor(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.check_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = inner.shutdown.clone();
     let mut was_leader = false;
+    let mut last_check = Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -661,6 +676,11 @@ async fn monitor(inner: Arc<Inner>) {
             // A new leader has no heartbeat history: every node starts a fresh grace period.
             was_leader = true;
             lock(&inner.last_seen).clear();
+        }
+        let stalled = forgive_stall(&mut lock(&inner.last_seen), last_check, at, inner.config.check_every());
+        last_check = at;
+        if !stalled.is_zero() {
+            tracing::debug!("the node monitor ran {stalled:?} late; every node gets that time back");
         }
         let ready: Vec<NodeId> = inner
             .cluster
@@ -764,6 +784,24 @@ fn take_queued(first: Batch, batches: &mut mpsc::Receiver<Batch>, max: usize) ->
 mod tests {
     use super::*;
     use crate::store::state::TaskState;
+
+    #[test]
+    fn a_stalled_manager_does_not_count_its_stall_against_the_nodes() {
+        let every = Duration::from_millis(500);
+        let start = Instant::now();
+        let mut seen: HashMap<NodeId, Instant> =
+            [("quiet".to_string(), start), ("recent".to_string(), start + Duration::from_secs(3))].into();
+        // On time (within two periods): nothing changes.
+        let at = start + Duration::from_secs(4);
+        assert_eq!(forgive_stall(&mut seen, at - every, at, every), Duration::ZERO);
+        assert_eq!(seen["quiet"], start);
+        // Ten seconds without a check: 9 s of it was a stall, which no node is blamed for.
+        let late = at + Duration::from_secs(10);
+        assert_eq!(forgive_stall(&mut seen, at, late, every), Duration::from_secs(9));
+        assert_eq!(seen["quiet"], start + Duration::from_secs(9));
+        assert_eq!(seen["recent"], start + Duration::from_secs(12));
+        assert!(seen.values().all(|last| *last <= late), "never later than now");
+    }
 
     #[test]
     fn only_a_ready_node_telling_the_same_facts_registers_without_a_write() {

@@ -11,6 +11,7 @@ use super::cluster::{now, Cluster};
 use crate::reconciler::reconcile;
 use crate::scheduler::rebalance::rebalance_all;
 use crate::scheduler::schedule;
+use crate::store::state::ClusterState;
 
 /// How often the loop runs without a change (time-based decisions: restart delays).
 pub const TICK: Duration = Duration::from_millis(250);
@@ -30,9 +31,9 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
             changed = changes.changed() => if changed.is_err() { return },
             _ = tick.tick() => {}
         }
-        // A round reads the whole state under its lock, which the raft thread needs to apply:
-        // after a long round (a large state under a stream of changes) rest as long as it took,
-        // so that applying — and with it heartbeats and reports — keeps at least half the time.
+        // A long round (a large state under a stream of changes) is followed by a rest as long
+        // as it took: the managers share the machine's cores with everything else, and
+        // applying, heartbeats and reports must keep at least half of them.
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep_until(rested) => {}
@@ -45,18 +46,19 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
         }
         let at = now();
         let started = tokio::time::Instant::now();
-        // A round over a large state takes a while (100,000 tasks: ~0.1 s): on a blocking
-        // thread, so that the runtime's workers keep serving heartbeats and reports meanwhile.
+        // A round over a large state takes a while (100,000 tasks: ~0.4 s, `cargo bench --bench
+        // scheduler`): on a blocking thread, so that the runtime's workers keep serving
+        // heartbeats and reports meanwhile, and over a copy of the state (tasks are shared, so
+        // it costs milliseconds), so that the raft thread is not kept from applying meanwhile.
         let reader = cluster.clone();
         let decided = tokio::task::spawn_blocking(move || {
-            reader.read(|state| {
-                let mut commands = reconcile(state, at);
-                commands.extend(schedule(state, at));
-                // Moves start only for settled services, where reconcile and schedule have
-                // nothing to do, so deciding them from the same snapshot cannot conflict.
-                commands.extend(rebalance_all(state, at));
-                commands
-            })
+            let state = reader.read(ClusterState::clone);
+            let mut commands = reconcile(&state, at);
+            commands.extend(schedule(&state, at));
+            // Moves start only for settled services, where reconcile and schedule have nothing
+            // to do, so deciding them from the same snapshot cannot conflict.
+            commands.extend(rebalance_all(&state, at));
+            commands
         })
         .await;
         let took = started.elapsed();

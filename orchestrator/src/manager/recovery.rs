@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::machine::{decode, encode, ClusterMachine};
-use crate::store::raft::{self, Bootstrap, NoopTransport, RaftConfig, StoreError, DB_FILE};
+use crate::store::raft::{self, Bootstrap, NoopTransport, RaftConfig, StoreError, DB_FILE, SNAPSHOT_DIR};
 use crate::store::state::ClusterState;
 
 /// First line of a backup file; the state (JSON) follows.
@@ -100,10 +100,17 @@ pub async fn recover_for_new_cluster(state_dir: &Path, id: u64) -> Result<Cluste
     node.handle.clone().shutdown().await;
     node.task.join().await?;
     replayed.map_err(|_| RecoveryError::Replay(timeout))?;
-    let old = state_dir.join(DB_FILE);
-    let aside = state_dir.join(format!("{DB_FILE}.before-force-new-cluster-{}", crate::manager::cluster::now()));
-    std::fs::rename(&old, &aside).map_err(|source| RecoveryError::Write { path: aside.clone(), source })?;
-    tracing::info!("the former raft log is kept at {}", aside.display());
+    let stamp = crate::manager::cluster::now();
+    // The snapshot files go with the database that names them.
+    for name in [DB_FILE, SNAPSHOT_DIR] {
+        let old = state_dir.join(name);
+        if !old.exists() {
+            continue;
+        }
+        let aside = state_dir.join(format!("{name}.before-force-new-cluster-{stamp}"));
+        std::fs::rename(&old, &aside).map_err(|source| RecoveryError::Write { path: aside.clone(), source })?;
+        tracing::info!("the former raft state is kept at {}", aside.display());
+    }
     Ok(fresh(state))
 }
 

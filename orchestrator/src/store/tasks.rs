@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -41,9 +42,13 @@ pub enum Changes {
 
 /// Tasks by id. Reads go through `Deref` to the map; every write names the task it changes, and
 /// is journaled.
+///
+/// Each task is shared (`Arc`) and copied only when written while shared, so a copy of the
+/// table costs a map of pointers, not the tasks: the leader's orchestration round and the
+/// snapshot thread work on such a copy, without holding the state's lock that applying needs.
 #[derive(Clone, Default)]
 pub struct TaskTable {
-    tasks: BTreeMap<TaskId, Task>,
+    tasks: BTreeMap<TaskId, Arc<Task>>,
     journal: Journal,
 }
 
@@ -69,22 +74,35 @@ impl Default for Journal {
 }
 
 impl TaskTable {
+    /// The tasks in id order. (Shadows the map's own, which yields the shared pointers.)
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &Task> + Clone + '_ {
+        self.tasks.values().map(Arc::as_ref)
+    }
+
+    pub fn get(&self, id: &TaskId) -> Option<&Task> {
+        self.tasks.get(id).map(Arc::as_ref)
+    }
+
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&TaskId, &Task)> + Clone + '_ {
+        self.tasks.iter().map(|(id, task)| (id, task.as_ref()))
+    }
+
     /// The task, for changing it.
     pub fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
         let len = self.tasks.len();
         let task = self.tasks.get_mut(id)?;
         Self::record(&mut self.journal, len, *id);
-        Some(task)
+        Some(Arc::make_mut(task))
     }
 
-    pub fn insert(&mut self, id: TaskId, task: Task) -> Option<Task> {
-        let old = self.tasks.insert(id, task);
+    pub fn insert(&mut self, id: TaskId, task: Task) -> Option<Arc<Task>> {
+        let old = self.tasks.insert(id, Arc::new(task));
         let len = self.tasks.len();
         Self::record(&mut self.journal, len, id);
         old
     }
 
-    pub fn remove(&mut self, id: &TaskId) -> Option<Task> {
+    pub fn remove(&mut self, id: &TaskId) -> Option<Arc<Task>> {
         let old = self.tasks.remove(id)?;
         let len = self.tasks.len();
         Self::record(&mut self.journal, len, *id);
@@ -125,7 +143,7 @@ impl TaskTable {
 }
 
 impl Deref for TaskTable {
-    type Target = BTreeMap<TaskId, Task>;
+    type Target = BTreeMap<TaskId, Arc<Task>>;
 
     fn deref(&self) -> &Self::Target {
         &self.tasks
@@ -134,7 +152,7 @@ impl Deref for TaskTable {
 
 impl FromIterator<(TaskId, Task)> for TaskTable {
     fn from_iter<I: IntoIterator<Item = (TaskId, Task)>>(iter: I) -> Self {
-        TaskTable { tasks: iter.into_iter().collect(), journal: Journal::default() }
+        TaskTable { tasks: iter.into_iter().map(|(id, task)| (id, Arc::new(task))).collect(), journal: Journal::default() }
     }
 }
 

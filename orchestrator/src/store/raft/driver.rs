@@ -1,7 +1,7 @@
 //! The raft loop: one thread owns the `RawNode`, its redb storage and the state machine.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,11 +14,15 @@ use protobuf::Message as _;
 use tokio::sync::{oneshot, watch};
 
 use super::reads::Reads;
+use super::snapfile;
 use super::storage::{Opened, RedbStorage};
 use super::{
     logger, Bootstrap, MemberChange, Membership, PeerProgress, ProposeError, RaftConfig, RaftStatus, Reply, Request,
     Role, StateMachine, StoreError, Transport,
 };
+
+/// How long applying holds the state's write lock before it lets readers in (between entries).
+const MAX_WRITE_HOLD: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Ticks between sweeps that forget requests whose caller gave up (timed out).
 const SWEEP_EVERY_TICKS: u64 = 50;
@@ -50,6 +54,16 @@ struct Pending {
     waiter: Waiter,
 }
 
+/// A snapshot being serialized and written by a thread of its own (see
+/// [`Driver::maybe_snapshot`]): the raft thread goes on ticking, stepping and applying meanwhile.
+struct SnapshotJob {
+    index: u64,
+    conf_state: ConfState,
+    /// The data's size once its file is written.
+    done: mpsc::Receiver<Result<u64, StoreError>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
 /// What applying one entry produced, for its proposer.
 enum Outcome {
     Command(Vec<u8>),
@@ -73,6 +87,7 @@ struct Driver<S: StateMachine> {
     applied: u64,
     conf_state: ConfState,
     ticks: u64,
+    snapshot_job: Option<SnapshotJob>,
 }
 
 fn context(id: u64, seq: u64) -> [u8; 16] {
@@ -208,6 +223,7 @@ impl<S: StateMachine> Driver<S> {
             applied,
             conf_state,
             ticks: 0,
+            snapshot_job: None,
         })
     }
 
@@ -264,6 +280,10 @@ impl<S: StateMachine> Driver<S> {
 
     /// Fails everything still waiting and marks the driver stopped.
     fn stop(&mut self, rx: &mpsc::Receiver<Request>) {
+        // Its file is complete or not written (and then removed at the next start), never half.
+        if let Some(job) = self.snapshot_job.take() {
+            let _ = job.thread.join();
+        }
         // Already in the log: the rest of the group may still commit them.
         for (_, p) in std::mem::take(&mut self.proposals) {
             p.waiter.fail(ProposeError::Indeterminate);
@@ -529,12 +549,20 @@ impl<S: StateMachine> Driver<S> {
                 command.then(|| S::decode(&entry.data))
             })
             .collect();
-        let sm = self.sm.clone();
-        let mut sm = sm.write().unwrap_or_else(PoisonError::into_inner);
+        let state = self.sm.clone();
+        let mut sm = state.write().unwrap_or_else(PoisonError::into_inner);
+        let mut locked_at = Instant::now();
         for (entry, command) in entries.into_iter().zip(decoded) {
             let index = entry.index;
             if index <= self.applied {
                 continue;
+            }
+            if locked_at.elapsed() >= MAX_WRITE_HOLD {
+                // Readers (gRPC handlers on the runtime's few workers) get in between entries.
+                drop(sm);
+                std::thread::yield_now();
+                sm = state.write().unwrap_or_else(PoisonError::into_inner);
+                locked_at = Instant::now();
             }
             let outcome = match (entry.get_entry_type(), command) {
                 (EntryType::EntryNormal, Some(command)) => Outcome::Command(sm.apply(index, command)),
@@ -614,23 +642,53 @@ impl<S: StateMachine> Driver<S> {
         }
     }
 
+    /// Takes a snapshot when one is due (or raft wants one to send): the state is copied under
+    /// the read lock here; a thread of its own serializes the copy and writes the snapshot file;
+    /// once it is done, a later call records the snapshot and compacts the log. One at a time.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
+        if let Some(job) = &self.snapshot_job {
+            let outcome = match job.done.try_recv() {
+                Ok(outcome) => outcome,
+                Err(TryRecvError::Empty) => return Ok(()),
+                Err(TryRecvError::Disconnected) => Err(StoreError::Panicked),
+            };
+            let Some(job) = self.snapshot_job.take() else { return Ok(()) };
+            let _ = job.thread.join();
+            match outcome {
+                Ok(size) => {
+                    let (retain, retain_bytes) = (self.cfg.log_retain, self.cfg.log_retain_bytes);
+                    self.raw.mut_store().record_snapshot(job.index, job.conf_state, retain, retain_bytes)?;
+                    tracing::debug!(target: "shoal::raft", "snapshot at index {} ({size} bytes); log compacted", job.index);
+                }
+                // The log stays as it is; the next call tries again.
+                Err(e) => tracing::warn!(target: "shoal::raft", "the snapshot at index {} failed: {e}", job.index),
+            }
+            return Ok(());
+        }
         let store = self.raw.store();
         let snapshot_index = store.snapshot_index();
-        let wanted = store.take_snapshot_wanted();
         if self.applied <= snapshot_index {
             return Ok(());
         }
         let due =
             self.applied - snapshot_index >= self.cfg.snapshot_every || store.log_bytes() >= self.cfg.snapshot_bytes;
+        let wanted = store.take_snapshot_wanted();
         if !wanted && !due {
             return Ok(());
         }
-        let started = Instant::now();
-        let data = self.sm.read().unwrap_or_else(PoisonError::into_inner).snapshot();
-        let (applied, conf_state, retain) = (self.applied, self.conf_state.clone(), self.cfg.log_retain);
-        self.raw.mut_store().create_snapshot(applied, conf_state, data, retain, self.cfg.log_retain_bytes)?;
-        tracing::debug!(target: "shoal::raft", "snapshot at index {applied}; log compacted in {:?}", started.elapsed());
+        let serialize = self.sm.read().unwrap_or_else(PoisonError::into_inner).snapshot_later();
+        let (index, dir) = (self.applied, store.dir().to_path_buf());
+        let (tx, done) = mpsc::channel();
+        let thread = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.id)).spawn(move || {
+            let data = serialize();
+            let _ = tx.send(snapfile::write(&dir, index, &data).map(|()| data.len() as u64));
+        });
+        match thread {
+            Ok(thread) => {
+                self.snapshot_job = Some(SnapshotJob { index, conf_state: self.conf_state.clone(), done, thread })
+            }
+            Err(e) => tracing::warn!(target: "shoal::raft", "cannot start a snapshot thread: {e}"),
+        }
         Ok(())
     }
 

@@ -15,7 +15,13 @@
 //! - A proposal is answered when its entry is applied locally, with the state machine's response,
 //!   or with an error that says whether it may still be applied ([`ProposeError`]).
 //! - Snapshot + log compaction every [`RaftConfig::snapshot_every`] applied entries, or once the
-//!   log holds [`RaftConfig::snapshot_bytes`].
+//!   log holds [`RaftConfig::snapshot_bytes`]. The raft thread only copies the state
+//!   ([`StateMachine::snapshot_later`]); a thread of its own serializes the copy and writes the
+//!   snapshot file (`snapfile`), then the raft thread records it and compacts the log. At 100,000
+//!   tasks serializing takes seconds, in which a raft thread that did it itself neither ticked
+//!   nor answered: leaders stepped down, nodes were marked down.
+//! - Linearizable reads are batched: one ReadIndex in flight serves every reader that asked
+//!   before it was issued (`reads`).
 //! - raft-rs's messages (protobuf 2) never leave this module: peers exchange opaque bytes through
 //!   [`Transport`] and [`RaftHandle::step`].
 //!
@@ -40,6 +46,7 @@ mod driver;
 pub mod local;
 mod logger;
 mod reads;
+mod snapfile;
 mod storage;
 #[cfg(test)]
 mod tests;
@@ -52,6 +59,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+pub use snapfile::DIR as SNAPSHOT_DIR;
 pub use storage::DB_FILE;
 
 /// The replicated state machine the log drives. Implementations must be deterministic: applying
@@ -72,6 +80,14 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// Serializes the full state (taken every `snapshot_every` entries and sent to lagging members).
     fn snapshot(&self) -> Vec<u8>;
+
+    /// [`StateMachine::snapshot`] in two steps, so that the raft thread holds the state only for
+    /// the first: what this returns (a copy taken under the read lock) is serialized on another
+    /// thread while entries go on being applied. The default serializes at once.
+    fn snapshot_later(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+        let data = self.snapshot();
+        Box::new(move || data)
+    }
 
     /// Replaces the full state with a serialized one from [`StateMachine::snapshot`].
     fn restore(&mut self, data: &[u8]) -> Result<(), String>;
@@ -224,6 +240,8 @@ pub enum StoreError {
     Locked { path: PathBuf },
     #[error("raft storage {}: {source}", path.display())]
     Db { path: PathBuf, source: Box<redb::Error> },
+    #[error("snapshot file {}: {source}", path.display())]
+    SnapshotFile { path: PathBuf, source: std::io::Error },
     #[error("{} belongs to raft node {found}, not to node {expected}", path.display())]
     IdMismatch { path: PathBuf, found: u64, expected: u64 },
     #[error("corrupt raft state: {0}")]

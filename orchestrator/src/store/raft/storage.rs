@@ -4,8 +4,10 @@
 //! - table `raft_entries`: log index (u64) → protobuf-encoded `Entry`, for every index in
 //!   `(truncated_index, last_index]`;
 //! - table `raft_meta`: `hard_state`, `snapshot` (protobuf `Snapshot`: metadata with the conf state
-//!   at its index, and the state machine's serialized state), `truncated` (index and term of the
-//!   last compacted entry, 16 bytes big-endian), `node_id` (8 bytes) and `format` (8 bytes).
+//!   at its index; the state machine's serialized state is in the snapshot file of that index,
+//!   see [`super::snapfile`] — state dirs written before kept it here, and are still read),
+//!   `truncated` (index and term of the last compacted entry, 16 bytes big-endian), `node_id` (8
+//!   bytes) and `format` (8 bytes).
 //!
 //! The whole non-compacted log, the hard state and the latest snapshot are also kept in memory,
 //! so the `Storage` trait methods that raft-rs calls while stepping never touch the disk; only the
@@ -21,6 +23,8 @@ use std::path::{Path, PathBuf};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
+
+use super::snapfile;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::StoreError;
@@ -44,6 +48,8 @@ pub const DB_FILE: &str = "raft.redb";
 pub(crate) struct RedbStorage {
     db: Database,
     path: PathBuf,
+    /// The state dir (where the snapshot files are).
+    dir: PathBuf,
     hard_state: HardState,
     /// Latest snapshot: its metadata, and its data only until the driver has restored it at
     /// startup (see [`RedbStorage::forget_snapshot_data`]); when the data is needed later (to send
@@ -207,9 +213,11 @@ impl RedbStorage {
                 "snapshot at {snap_index} is older than the compacted log (truncated at {truncated_index})"
             )));
         }
+        snapfile::remove_all_but(state_dir, snap_index);
         let storage = RedbStorage {
             db,
             path,
+            dir: state_dir.to_path_buf(),
             hard_state,
             snapshot,
             truncated_index,
@@ -261,16 +269,24 @@ impl RedbStorage {
         let path = &self.path;
         let txn = self.db.begin_read().map_err(|e| db_err(path, e))?;
         let meta = txn.open_table(META).map_err(|e| db_err(path, e))?;
-        let snapshot: Snapshot = match meta.get(KEY_SNAPSHOT).map_err(|e| db_err(path, e))? {
+        let mut snapshot: Snapshot = match meta.get(KEY_SNAPSHOT).map_err(|e| db_err(path, e))? {
             Some(bytes) => decode("snapshot", bytes.value())?,
             None => Snapshot::default(),
         };
+        if snapshot.data.is_empty() {
+            snapshot.data = snapfile::read(&self.dir, snapshot.get_metadata().index)?.into();
+        }
         *loaded = Some(snapshot.clone());
         Ok(snapshot)
     }
 
     pub(crate) fn snapshot_index(&self) -> u64 {
         self.snapshot.get_metadata().index
+    }
+
+    /// The state dir, where [`snapfile`] keeps the snapshots' data.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub(crate) fn first_index_(&self) -> u64 {
@@ -347,6 +363,10 @@ impl RedbStorage {
             }
         }
 
+        if let Some(snap) = snapshot {
+            // The data first, under its own name: the record below is what makes it current.
+            snapfile::write(&self.dir, snap.get_metadata().index, &snap.data)?;
+        }
         let path = self.path.clone();
         let mut txn = self.db.begin_write().map_err(|e| db_err(&path, e))?;
         txn.set_durability(Durability::Immediate).map_err(|e| db_err(&path, e))?;
@@ -359,7 +379,8 @@ impl RedbStorage {
             let mut table = txn.open_table(ENTRIES).map_err(|e| db_err(&path, e))?;
             let mut meta = txn.open_table(META).map_err(|e| db_err(&path, e))?;
             if let Some(snap) = snapshot {
-                meta.insert(KEY_SNAPSHOT, encode("snapshot", snap)?.as_slice()).map_err(|e| db_err(&path, e))?;
+                meta.insert(KEY_SNAPSHOT, encode("snapshot", &metadata_only(snap))?.as_slice())
+                    .map_err(|e| db_err(&path, e))?;
                 meta.insert(KEY_TRUNCATED, pair_bytes(truncated.0, truncated.1).as_slice())
                     .map_err(|e| db_err(&path, e))?;
             }
@@ -381,6 +402,7 @@ impl RedbStorage {
         if let Some(snap) = snapshot {
             self.snapshot = metadata_only(snap);
             self.forget_loaded();
+            snapfile::remove_all_but(&self.dir, snap.get_metadata().index);
             self.truncated_index = truncated.0;
             self.truncated_term = truncated.1;
             self.entries.clear();
@@ -404,8 +426,8 @@ impl RedbStorage {
         self.hard_state.commit = self.hard_state.commit.max(commit);
     }
 
-    /// Stores a snapshot of the state machine taken at `index` (which must be applied, hence
-    /// persisted) and compacts the log up to `index - retain`. One fsynced transaction.
+    /// Writes the snapshot file, then records it (see [`RedbStorage::record_snapshot`]).
+    #[cfg(test)]
     pub(crate) fn create_snapshot(
         &mut self,
         index: u64,
@@ -414,12 +436,28 @@ impl RedbStorage {
         retain: u64,
         retain_bytes: u64,
     ) -> Result<(), StoreError> {
+        snapfile::write(&self.dir, index, &data)?;
+        self.record_snapshot(index, conf_state, retain, retain_bytes)
+    }
+
+    /// Makes the snapshot whose data [`snapfile::write`] wrote for `index` (applied, hence
+    /// persisted) the current one, and compacts the log up to `index - retain`. One fsynced
+    /// transaction. A snapshot no newer than the current one (a member received a newer one
+    /// from the leader meanwhile) is dropped.
+    pub(crate) fn record_snapshot(
+        &mut self,
+        index: u64,
+        conf_state: ConfState,
+        retain: u64,
+        retain_bytes: u64,
+    ) -> Result<(), StoreError> {
         if index <= self.snapshot_index() {
+            snapfile::remove_all_but(&self.dir, self.snapshot_index());
             return Ok(());
         }
         let term =
             self.term_of(index).map_err(|e| StoreError::Corrupt(format!("no term for snapshot index {index}: {e}")))?;
-        let mut snap = Snapshot { data: data.into(), ..Snapshot::default() };
+        let mut snap = Snapshot::default();
         {
             let meta = snap.mut_metadata();
             meta.index = index;
@@ -466,9 +504,10 @@ impl RedbStorage {
         self.entries_bytes -= dropped;
         self.truncated_index = compact_to;
         self.truncated_term = compact_term;
-        self.snapshot = metadata_only(&snap);
+        self.snapshot = snap;
         self.forget_loaded();
         self.hard_state = hs;
+        snapfile::remove_all_but(&self.dir, index);
         Ok(())
     }
 
