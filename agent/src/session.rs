@@ -427,6 +427,9 @@ impl<E: Engine> Agent<E> {
 /// Heartbeats in a row that may time out before the session is given up.
 const HEARTBEAT_TIMEOUTS_TOLERATED: u32 = 2;
 
+/// Times in a row a status report may time out before the session is given up.
+const STATUS_TIMEOUTS_TOLERATED: u32 = 2;
+
 /// The call ran out of time (our deadline, or the manager's).
 fn timed_out(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
@@ -489,14 +492,25 @@ async fn flush<E: Engine>(
     let observer = config.observer.as_deref();
     let send = |updates: Vec<pb::TaskStatus>| {
         let mut client = client.clone();
-        // Only an observer needs the statuses after the call.
-        let statuses = if observer.is_some() { updates.clone() } else { Vec::new() };
-        let mut request = tonic::Request::new(pb::UpdateTaskStatusRequest { node_id: node_id.to_string(), updates });
-        request.set_timeout(config.rpc_timeout);
         async move {
-            let acknowledged = client.update_task_status(request).await.map(drop).map_err(rpc("update task status"));
+            // A busy manager answers late: a report is safe to send again (it states where a
+            // task is), so a timed-out one is repeated rather than the session ended — which
+            // would cost a registration and a new session on top, when the manager is busiest.
+            let mut timeouts = 0;
+            let acknowledged = loop {
+                let report = pb::UpdateTaskStatusRequest { node_id: node_id.to_string(), updates: updates.clone() };
+                let mut request = tonic::Request::new(report);
+                request.set_timeout(config.rpc_timeout);
+                match client.update_task_status(request).await {
+                    Err(status) if timeouts < STATUS_TIMEOUTS_TOLERATED && timed_out(&status) => {
+                        timeouts += 1;
+                        tracing::debug!(node = node_id, "status report timed out ({timeouts} in a row); sending it again");
+                    }
+                    outcome => break outcome.map(drop).map_err(rpc("update task status")),
+                }
+            };
             if let (Ok(()), Some(observer)) = (&acknowledged, observer) {
-                observer.acknowledged(node_id, &statuses);
+                observer.acknowledged(node_id, &updates);
             }
             acknowledged
         }
