@@ -504,7 +504,10 @@ async fn flush<E: Engine>(
                 match client.update_task_status(request).await {
                     Err(status) if timeouts < STATUS_TIMEOUTS_TOLERATED && timed_out(&status) => {
                         timeouts += 1;
-                        tracing::debug!(node = node_id, "status report timed out ({timeouts} in a row); sending it again");
+                        tracing::debug!(
+                            node = node_id,
+                            "status report timed out ({timeouts} in a row); sending it again"
+                        );
                     }
                     outcome => break outcome.map(drop).map_err(rpc("update task status")),
                 }

@@ -114,7 +114,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     let mut target = connect::Target::new(cli.host.as_deref(), cli.state_dir.clone());
     target.stale = cli.stale;
-    let runtime = tokio::runtime::Runtime::new()?;
+    // At least four workers whatever the cores: a handler reading the state waits while a large
+    // command is applied, and with one worker per core (2 here) two such waits stalled every
+    // heartbeat of 10,000 nodes.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(cores.max(4)).enable_all().build()?;
     runtime.block_on(async {
         match &cli.command {
             Command::Config(_) => Ok(0),

@@ -13,6 +13,9 @@ use crate::scheduler::rebalance::rebalance_all;
 use crate::scheduler::schedule;
 use crate::store::state::ClusterState;
 
+/// Most tasks one proposed command creates, places, stops or forgets (see `Command::split`).
+const MAX_TASKS_PER_COMMAND: usize = 2_000;
+
 /// How often the loop runs without a change (time-based decisions: restart delays).
 pub const TICK: Duration = Duration::from_millis(250);
 
@@ -74,6 +77,7 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
         if commands.is_empty() {
             continue;
         }
+        let commands: Vec<_> = commands.into_iter().flat_map(|c| c.split(MAX_TASKS_PER_COMMAND)).collect();
         if let Err(e) = cluster.propose_all(commands).await {
             // Lost leadership or a slow disk: the next round decides again from fresh state.
             tracing::debug!("orchestration round not applied: {e}");

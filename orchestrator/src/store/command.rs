@@ -230,6 +230,44 @@ pub struct CommandResult {
     pub error: Option<String>,
 }
 
+impl Command {
+    /// The command as commands of at most `max` tasks each, in order, with the same effect
+    /// applied one after the other: a round that creates or places 100,000 tasks becomes many
+    /// log entries, between which applying lets readers in, instead of one that holds the
+    /// state's lock for a second. Commands about other things stay whole.
+    pub fn split(self, max: usize) -> Vec<Command> {
+        fn chunks<T>(items: Vec<T>, max: usize) -> Vec<Vec<T>> {
+            let mut out = Vec::with_capacity(items.len().div_ceil(max));
+            let mut items = items.into_iter().peekable();
+            while items.peek().is_some() {
+                out.push(items.by_ref().take(max).collect());
+            }
+            out
+        }
+        let max = max.max(1);
+        match self {
+            Command::CreateTasks { tasks, at } if tasks.len() > max => {
+                chunks(tasks, max).into_iter().map(|tasks| Command::CreateTasks { tasks, at }).collect()
+            }
+            Command::AssignTasks { assignments, at } if assignments.len() > max => chunks(assignments, max)
+                .into_iter()
+                .map(|assignments| Command::AssignTasks { assignments, at })
+                .collect(),
+            Command::SetDesiredState { tasks, at } if tasks.len() > max => {
+                chunks(tasks, max).into_iter().map(|tasks| Command::SetDesiredState { tasks, at }).collect()
+            }
+            Command::OrphanTasks { tasks, message, at } if tasks.len() > max => chunks(tasks, max)
+                .into_iter()
+                .map(|tasks| Command::OrphanTasks { tasks, message: message.clone(), at })
+                .collect(),
+            Command::ForgetTasks { tasks } if tasks.len() > max => {
+                chunks(tasks, max).into_iter().map(|tasks| Command::ForgetTasks { tasks }).collect()
+            }
+            other => vec![other],
+        }
+    }
+}
+
 impl CommandResult {
     pub(super) fn error(message: impl Into<String>) -> Self {
         CommandResult { error: Some(message.into()), ..CommandResult::default() }
@@ -639,6 +677,31 @@ mod tests {
             at,
             request_id: request_id.into(),
         }
+    }
+
+    #[test]
+    fn a_split_command_applied_piece_by_piece_does_what_the_whole_does() {
+        use crate::reconciler::reconcile;
+        use crate::scheduler::schedule;
+        use crate::scheduler::tests::state_with;
+        let fresh = state_with(&["a", "b", "c"], &[("web", "image: x", 7)]);
+        let (mut whole, mut pieces) = (fresh.clone(), fresh);
+        for (decide, kind) in [(reconcile as fn(&ClusterState, Millis) -> Vec<Command>, "create"), (schedule, "place")]
+        {
+            for command in decide(&whole, 0) {
+                let split = command.clone().split(3);
+                assert!(split.len() > 1, "7 tasks to {kind} in pieces of 3: {split:?}");
+                whole.apply(command);
+                for piece in split {
+                    pieces.apply(piece);
+                }
+            }
+        }
+        assert_eq!(whole.tasks.len(), 7);
+        assert!(whole.tasks.values().all(|t| t.node.is_some()), "all placed");
+        assert_eq!(pieces, whole);
+        let other = Command::SetRebalanceOnJoin { enabled: true };
+        assert_eq!(other.clone().split(1), vec![other], "commands without a task list stay whole");
     }
 
     #[test]

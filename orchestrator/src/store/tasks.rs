@@ -152,7 +152,10 @@ impl Deref for TaskTable {
 
 impl FromIterator<(TaskId, Task)> for TaskTable {
     fn from_iter<I: IntoIterator<Item = (TaskId, Task)>>(iter: I) -> Self {
-        TaskTable { tasks: iter.into_iter().map(|(id, task)| (id, Arc::new(task))).collect(), journal: Journal::default() }
+        TaskTable {
+            tasks: iter.into_iter().map(|(id, task)| (id, Arc::new(task))).collect(),
+            journal: Journal::default(),
+        }
     }
 }
 

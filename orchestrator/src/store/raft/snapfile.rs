@@ -76,7 +76,8 @@ mod tests {
         std::fs::write(dir(state_dir.path()).join("crashed.tmp"), b"half").expect("a stray file");
         assert_eq!(read(state_dir.path(), 9).expect("read"), b"nine!");
         remove_all_but(state_dir.path(), 9);
-        let left: Vec<_> = std::fs::read_dir(dir(state_dir.path())).expect("listed").flatten().map(|e| e.path()).collect();
+        let left: Vec<_> =
+            std::fs::read_dir(dir(state_dir.path())).expect("listed").flatten().map(|e| e.path()).collect();
         assert_eq!(left, vec![path(state_dir.path(), 9)]);
         let err = read(state_dir.path(), 7).expect_err("removed");
         assert!(err.to_string().contains("00000000000000000007.snap"), "{err}");
