@@ -676,6 +676,7 @@ async fn monitor(inner: Arc<Inner>) {
         }
         if !inner.cluster.is_leader() {
             was_leader = false;
+            last_check = Instant::now();
             continue;
         }
         let at = Instant::now();
@@ -687,7 +688,10 @@ async fn monitor(inner: Arc<Inner>) {
         let stalled = forgive_stall(&mut lock(&inner.last_seen), last_check, at, inner.config.check_every());
         last_check = at;
         if !stalled.is_zero() {
-            tracing::debug!("the node monitor ran {stalled:?} late; every node gets that time back");
+            // Info, not a warning: in the embedded cluster it would print into `shoal up`'s output.
+            tracing::info!(
+                "this manager was stalled for {stalled:.1?} (the node monitor ran late); no node is blamed for it"
+            );
         }
         let ready: Vec<NodeId> = inner
             .cluster
