@@ -8,8 +8,8 @@
 //!
 //! The steady case times what the leader does over and over once a large deploy is placed: a
 //! whole orchestration round (reconcile, schedule, rebalance) over 100,000 placed tasks on 10,000
-//! nodes with nothing to decide, and a copy of that state. A round reads the state under its
-//! lock, which the raft thread needs to apply.
+//! nodes with nothing to decide, and a copy of that state (what a round works on, so that it
+//! does not hold the state's lock, which the raft thread needs to apply).
 //!
 //! Run with `cargo bench -p shoal-orchestrator --bench scheduler`. Without `--bench` on the
 //! command line (as `cargo test --all-targets` runs it) it schedules a small cluster once.

@@ -153,27 +153,24 @@ impl ViewBuilder {
         }
     }
 
-    /// What the next [`ViewBuilder::build`] over `state` has to look at.
-    fn changes(&self, state: &ClusterState) -> Changes {
-        match self.cursor {
-            Some(cursor) if self.services_unchanged(state) => state.tasks.changes_since(cursor),
-            _ => Changes::Everything,
-        }
-    }
-
-    /// Whether the next build over `state` looks at more than `tasks` tasks: then the caller
-    /// builds from a copy of the state rather than under its lock (a deploy of 100,000 tasks
-    /// takes seconds to build, in which the raft thread could not apply).
+    /// Whether the next build over `state` looks at more than about `tasks` tasks (writes are
+    /// counted, not listed: this runs before every build): then the caller builds from a copy
+    /// of the state rather than under its lock (a deploy of 100,000 tasks takes seconds to
+    /// build, in which the raft thread could not apply).
     pub fn is_larger_than(&self, state: &ClusterState, tasks: usize) -> bool {
-        match self.changes(state) {
-            Changes::Everything => state.tasks.len() > tasks,
-            Changes::Tasks(ids) => ids.len() + self.retry.len() > tasks,
+        let writes = self.cursor.filter(|_| self.services_unchanged(state)).and_then(|c| state.tasks.writes_since(c));
+        match writes {
+            None => state.tasks.len() > tasks,
+            Some(writes) => writes + self.retry.len() > tasks,
         }
     }
 
     /// Brings the views up to `state`; returns the nodes whose assignments changed.
     pub fn build(&mut self, state: &ClusterState) -> Vec<(NodeId, Arc<NodeAssignments>)> {
-        let changes = self.changes(state);
+        let changes = match self.cursor {
+            Some(cursor) if self.services_unchanged(state) => state.tasks.changes_since(cursor),
+            _ => Changes::Everything,
+        };
         self.cursor = Some(state.tasks.cursor());
         let mut touched = HashSet::new();
         match changes {

@@ -114,22 +114,36 @@ impl TaskTable {
         Cursor { epoch: self.journal.epoch, revision: self.journal.revision }
     }
 
-    /// The tasks written since `cursor`.
-    pub fn changes_since(&self, cursor: Cursor) -> Changes {
+    /// Where in the journal the writes since `cursor` start; `None` when the journal cannot
+    /// tell (another table's cursor, or it no longer reaches back that far).
+    fn journal_since(&self, cursor: Cursor) -> Option<usize> {
         let journal = &self.journal;
         if cursor.epoch != journal.epoch || cursor.revision > journal.revision {
-            return Changes::Everything;
+            return None;
         }
         if cursor.revision == journal.revision {
-            return Changes::Tasks(HashSet::new());
+            return Some(journal.entries.len());
         }
         // The oldest kept entry must be the one right after the cursor, or nothing is missing.
         match journal.entries.front() {
             Some(&(oldest, _)) if oldest <= cursor.revision + 1 => {}
-            _ => return Changes::Everything,
+            _ => return None,
         }
-        let start = journal.entries.partition_point(|&(revision, _)| revision <= cursor.revision);
-        Changes::Tasks(journal.entries.range(start..).map(|&(_, id)| id).collect())
+        Some(journal.entries.partition_point(|&(revision, _)| revision <= cursor.revision))
+    }
+
+    /// How many writes since `cursor` (a task written twice counts twice), without listing
+    /// them; `None` when [`TaskTable::changes_since`] would say [`Changes::Everything`].
+    pub fn writes_since(&self, cursor: Cursor) -> Option<usize> {
+        self.journal_since(cursor).map(|start| self.journal.entries.len() - start)
+    }
+
+    /// The tasks written since `cursor`.
+    pub fn changes_since(&self, cursor: Cursor) -> Changes {
+        match self.journal_since(cursor) {
+            Some(start) => Changes::Tasks(self.journal.entries.range(start..).map(|&(_, id)| id).collect()),
+            None => Changes::Everything,
+        }
     }
 
     fn record(journal: &mut Journal, len: usize, id: TaskId) {
@@ -217,6 +231,7 @@ mod tests {
         table.get_mut(&2).expect("task 2").message = "y".into();
         assert!(table.get_mut(&9).is_none(), "a missing task is not a change");
         assert_eq!(ids(table.changes_since(cursor)), vec![1, 2, 3]);
+        assert_eq!(table.writes_since(cursor), Some(4), "task 2 was written twice");
         assert_eq!(ids(table.changes_since(table.cursor())), Vec::<TaskId>::new());
     }
 
@@ -228,6 +243,7 @@ mod tests {
             table.insert(round % 3, task(round % 3));
         }
         assert_eq!(table.changes_since(start), Changes::Everything);
+        assert_eq!(table.writes_since(start), None);
         let restored: TaskTable =
             serde_json::from_str(&serde_json::to_string(&table).expect("encodes")).expect("decodes");
         assert_eq!(restored, table, "the journal is not part of the table's value");

@@ -1,7 +1,7 @@
 //! The raft loop: one thread owns the `RawNode`, its redb storage and the state machine.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -59,9 +59,8 @@ struct Pending {
 struct SnapshotJob {
     index: u64,
     conf_state: ConfState,
-    /// The data's size once its file is written.
-    done: mpsc::Receiver<Result<u64, StoreError>>,
-    thread: std::thread::JoinHandle<()>,
+    /// Ends with the data's size once its file is written.
+    thread: std::thread::JoinHandle<Result<u64, StoreError>>,
 }
 
 /// What applying one entry produced, for its proposer.
@@ -647,14 +646,11 @@ impl<S: StateMachine> Driver<S> {
     /// once it is done, a later call records the snapshot and compacts the log. One at a time.
     fn maybe_snapshot(&mut self) -> Result<(), StoreError> {
         if let Some(job) = &self.snapshot_job {
-            let outcome = match job.done.try_recv() {
-                Ok(outcome) => outcome,
-                Err(TryRecvError::Empty) => return Ok(()),
-                Err(TryRecvError::Disconnected) => Err(StoreError::Panicked),
-            };
+            if !job.thread.is_finished() {
+                return Ok(());
+            }
             let Some(job) = self.snapshot_job.take() else { return Ok(()) };
-            let _ = job.thread.join();
-            match outcome {
+            match job.thread.join().unwrap_or(Err(StoreError::Panicked)) {
                 Ok(size) => {
                     let (retain, retain_bytes) = (self.cfg.log_retain, self.cfg.log_retain_bytes);
                     self.raw.mut_store().record_snapshot(job.index, job.conf_state, retain, retain_bytes)?;
@@ -678,15 +674,12 @@ impl<S: StateMachine> Driver<S> {
         }
         let serialize = self.sm.read().unwrap_or_else(PoisonError::into_inner).snapshot_later();
         let (index, dir) = (self.applied, store.dir().to_path_buf());
-        let (tx, done) = mpsc::channel();
         let thread = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.id)).spawn(move || {
             let data = serialize();
-            let _ = tx.send(snapfile::write(&dir, index, &data).map(|()| data.len() as u64));
+            snapfile::write(&dir, index, &data).map(|()| data.len() as u64)
         });
         match thread {
-            Ok(thread) => {
-                self.snapshot_job = Some(SnapshotJob { index, conf_state: self.conf_state.clone(), done, thread })
-            }
+            Ok(thread) => self.snapshot_job = Some(SnapshotJob { index, conf_state: self.conf_state.clone(), thread }),
             Err(e) => tracing::warn!(target: "shoal::raft", "cannot start a snapshot thread: {e}"),
         }
         Ok(())

@@ -23,11 +23,9 @@ use std::path::{Path, PathBuf};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, Storage, StorageError as RaftStorageError};
-
-use super::snapfile;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::StoreError;
+use super::{snapfile, StoreError};
 
 /// redb's page cache (see `open`).
 const CACHE_BYTES: usize = 32 << 20;
