@@ -108,6 +108,8 @@ pub trait SessionObserver: Send + Sync + std::fmt::Debug + 'static {
     fn assignments(&self, _node: &str, _message: &pb::Assignments) {}
     /// The manager applied these statuses (the UpdateTaskStatus call returned OK).
     fn acknowledged(&self, _node: &str, _statuses: &[pb::TaskStatus]) {}
+    /// A heartbeat was answered after `round_trip`, or (`None`) failed or timed out.
+    fn heartbeat(&self, _node: &str, _round_trip: Option<Duration>) {}
 }
 
 /// gRPC channels shared by the agents of one process, a few per manager address. A channel is
@@ -447,7 +449,12 @@ async fn heartbeat(
         tokio::time::sleep(period.mul_f64(1.0 - jitter)).await;
         let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id: node_id.to_string() });
         request.set_timeout(config.rpc_timeout.min(period * 2));
-        let response = match client.heartbeat(request).await {
+        let sent = tokio::time::Instant::now();
+        let answer = client.heartbeat(request).await;
+        if let Some(observer) = config.observer.as_deref() {
+            observer.heartbeat(node_id, answer.is_ok().then(|| sent.elapsed()));
+        }
+        let response = match answer {
             Ok(response) => response.into_inner(),
             // A busy manager answers late: try again rather than end the session, which would
             // cost it a registration and a new session on top (the stream tells when it is gone).

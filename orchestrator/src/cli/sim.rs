@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -70,7 +71,8 @@ pub struct SimArgs {
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "D")]
     pub progress_every: Duration,
     /// Also append the progress to this CSV file:
-    /// unix_ms,elapsed_ms,registered,ready,assigned,running,current
+    /// unix_ms,elapsed_ms,registered,ready,assigned,running,current,heartbeat_max_ms,heartbeats_failed
+    /// (the slowest heartbeat answer since the line before; failed heartbeats in all)
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
 }
@@ -104,6 +106,12 @@ fn parse_rate(text: &str) -> Result<f64, String> {
 #[derive(Debug, Default)]
 struct Tally {
     state: Mutex<TallyState>,
+    /// The slowest heartbeat answer (ms) since the last progress line, and heartbeats that
+    /// failed (timed out or refused) in all: a manager that hears no heartbeat marks the node
+    /// down. Atomics, not the state's lock: 10,000 nodes heartbeat, and a heartbeat waiting
+    /// for the lock while a large assignment is counted would itself be late.
+    heartbeat_max_ms: AtomicU64,
+    heartbeats_failed: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +135,8 @@ struct Counts {
     running: usize,
     /// Tasks the nodes are told to run now (rescheduled ones count where they are now).
     current: usize,
+    heartbeat_max: Duration,
+    heartbeats_failed: usize,
 }
 
 impl Tally {
@@ -134,6 +144,7 @@ impl Tally {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The counts so far; starts the next interval of the slowest heartbeat.
     fn counts(&self) -> Counts {
         let st = self.lock();
         Counts {
@@ -142,6 +153,8 @@ impl Tally {
             assigned: st.assigned.len(),
             running: st.running.len(),
             current: st.held,
+            heartbeat_max: Duration::from_millis(self.heartbeat_max_ms.swap(0, Ordering::Relaxed)),
+            heartbeats_failed: self.heartbeats_failed.load(Ordering::Relaxed),
         }
     }
 }
@@ -185,6 +198,18 @@ impl SessionObserver for Tally {
         let mut st = self.lock();
         st.running.extend(statuses.iter().filter(|s| s.state == running).map(|s| s.task));
     }
+
+    fn heartbeat(&self, _node: &str, round_trip: Option<Duration>) {
+        match round_trip {
+            Some(took) => {
+                let ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX);
+                self.heartbeat_max_ms.fetch_max(ms, Ordering::Relaxed);
+            }
+            None => {
+                self.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 /// Writes progress lines to stdout and, with `--csv`, to the CSV file.
@@ -198,7 +223,7 @@ impl Progress {
     async fn report(&mut self, counts: Counts, last: bool) -> anyhow::Result<()> {
         let elapsed = self.started.elapsed();
         println!(
-            "sim: {:>7.1}s  nodes registered {}/{}, ready {}  tasks assigned {}, running {}, held now {}{}",
+            "sim: {:>7.1}s  nodes registered {}/{}, ready {}  tasks assigned {}, running {}, held now {}  heartbeats: slowest {} ms, failed {}{}",
             elapsed.as_secs_f64(),
             counts.registered,
             self.nodes,
@@ -206,18 +231,22 @@ impl Progress {
             counts.assigned,
             counts.running,
             counts.current,
+            counts.heartbeat_max.as_millis(),
+            counts.heartbeats_failed,
             if last { "  (final)" } else { "" }
         );
         if let Some(csv) = &mut self.csv {
             let unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis();
             let line = format!(
-                "{unix_ms},{},{},{},{},{},{}\n",
+                "{unix_ms},{},{},{},{},{},{},{},{}\n",
                 elapsed.as_millis(),
                 counts.registered,
                 counts.ready,
                 counts.assigned,
                 counts.running,
-                counts.current
+                counts.current,
+                counts.heartbeat_max.as_millis(),
+                counts.heartbeats_failed
             );
             // Flushed, so that `scripts/sim` reads every line as soon as it is written.
             csv.write_all(line.as_bytes()).await.context("writing the progress CSV")?;
@@ -243,9 +272,11 @@ pub async fn run(args: &SimArgs) -> anyhow::Result<i32> {
         Some(path) => {
             let mut file =
                 tokio::fs::File::create(path).await.with_context(|| format!("cannot create {}", path.display()))?;
-            file.write_all(b"unix_ms,elapsed_ms,registered,ready,assigned,running,current\n")
-                .await
-                .with_context(|| format!("cannot write {}", path.display()))?;
+            file.write_all(
+                b"unix_ms,elapsed_ms,registered,ready,assigned,running,current,heartbeat_max_ms,heartbeats_failed\n",
+            )
+            .await
+            .with_context(|| format!("cannot write {}", path.display()))?;
             Some(file)
         }
         None => None,
@@ -379,7 +410,16 @@ mod tests {
         tally.acknowledged("a", &[status(1, pb::TaskState::Starting)]);
         tally.acknowledged("a", &[status(1, pb::TaskState::Running)]);
         tally.acknowledged("a", &[status(1, pb::TaskState::Running)]);
-        assert_eq!(tally.counts(), Counts { registered: 1, ready: 1, assigned: 1, running: 1, current: 1 });
+        tally.heartbeat("a", Some(Duration::from_millis(30)));
+        tally.heartbeat("a", Some(Duration::from_millis(1200)));
+        tally.heartbeat("a", None);
+        let quiet = |counts: Counts| Counts { heartbeat_max: Duration::ZERO, heartbeats_failed: 0, ..counts };
+        let counts = tally.counts();
+        assert_eq!((counts.heartbeat_max, counts.heartbeats_failed), (Duration::from_millis(1200), 1));
+        assert_eq!(
+            quiet(counts),
+            Counts { registered: 1, ready: 1, assigned: 1, running: 1, current: 1, ..quiet(counts) }
+        );
         // Task 1 moves away, task 3 arrives, and task 4 comes and goes.
         let diff = pb::Assignments {
             sequence: 2,
@@ -393,6 +433,12 @@ mod tests {
         };
         tally.assignments("a", &diff);
         tally.assignments("b", &pb::Assignments { sequence: 1, complete: true, ..diff.clone() });
-        assert_eq!(tally.counts(), Counts { registered: 1, ready: 2, assigned: 3, running: 1, current: 2 });
+        let counts = tally.counts();
+        // The slowest heartbeat is per line; failures add up.
+        assert_eq!((counts.heartbeat_max, counts.heartbeats_failed), (Duration::ZERO, 1));
+        assert_eq!(
+            quiet(counts),
+            Counts { registered: 1, ready: 2, assigned: 3, running: 1, current: 2, ..quiet(counts) }
+        );
     }
 }

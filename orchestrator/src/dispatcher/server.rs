@@ -584,6 +584,8 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
         restart: if inner.config.engine_restarts { RestartOwner::Engine } else { RestartOwner::ControlPlane },
     };
     let mut builder = ViewBuilder::new(options);
+    // The nodes' revision the published statuses were taken at.
+    let mut statuses_seen = None;
     let mut changes = inner.cluster.subscribe();
     let mut raft = inner.cluster.raft().status_watch();
     let mut shutdown = inner.shutdown.clone();
@@ -602,12 +604,12 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
                 // Usually a few tasks, but the first build (and one after a restore) covers every
                 // task: on a blocking thread, so the runtime's workers keep serving meanwhile.
                 let cluster = inner.cluster.clone();
-                let current = lock(&inner.statuses).clone();
                 let mut taken = std::mem::replace(&mut builder, ViewBuilder::new(options));
+                let started = Instant::now();
                 let built = tokio::task::spawn_blocking(move || {
                     let large = cluster.read(|state| taken.is_larger_than(state, LARGE_BUILD));
                     let mut build = |state: &ClusterState| {
-                        (taken.build(state), state.applied_index, node_statuses_if_changed(state, &current))
+                        (taken.build(state), state.applied_index, node_statuses_if_changed(state, statuses_seen))
                     };
                     let (changed, index, statuses) =
                         if large { build(&cluster.read(ClusterState::clone)) } else { cluster.read(build) };
@@ -617,9 +619,16 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
                 match built {
                     Ok((used, changed, index, statuses)) => {
                         builder = used;
-                        if let Some(statuses) = statuses {
+                        if let Some((revision, statuses)) = statuses {
+                            statuses_seen = Some(revision);
                             *lock(&inner.statuses) = Arc::new(statuses);
                         }
+                        tracing::debug!(
+                            build_ms = started.elapsed().as_millis() as u64,
+                            nodes = changed.len(),
+                            index,
+                            "assignment views built"
+                        );
                         inner.views.publish(changed, index);
                     }
                     // The builder's caches went with the failed thread; the next change rebuilds.

@@ -15,7 +15,9 @@ use tokio::sync::watch;
 
 use super::server::{SPEC_ERROR_FORMAT, SPEC_FORMAT};
 use super::taskspec::{config_hash, task_spec_hashed, TaskSpecOptions};
-use crate::store::state::{ClusterState, DesiredState, Millis, NodeId, NodeStatus, ServiceId, Task, TaskId, TaskState};
+use crate::store::state::{
+    ClusterState, DesiredState, Millis, NodeId, NodeStatus, NodesRevision, ServiceId, Task, TaskId, TaskState,
+};
 use crate::store::tasks::{Changes, Cursor};
 use crate::wire;
 
@@ -348,15 +350,15 @@ fn resolve_service_container(state: &ClusterState, stack: &str, name: &str, node
     Some(pick.actual_name(&record.spec))
 }
 
-/// Every node's status, unless `current` already says the same (heartbeats read this copy
-/// instead of taking the state's lock).
+/// Every node's status, unless the nodes did not change since `seen` (heartbeats read this copy
+/// instead of taking the state's lock; this runs after every applied change, so it must not
+/// cost a pass over 10,000 nodes each time).
 pub fn node_statuses_if_changed(
     state: &ClusterState,
-    current: &HashMap<NodeId, NodeStatus>,
-) -> Option<HashMap<NodeId, NodeStatus>> {
-    let same =
-        current.len() == state.nodes.len() && state.nodes.values().all(|n| current.get(&n.id) == Some(&n.status));
-    (!same).then(|| state.nodes.values().map(|n| (n.id.clone(), n.status)).collect())
+    seen: Option<NodesRevision>,
+) -> Option<(NodesRevision, HashMap<NodeId, NodeStatus>)> {
+    (!state.nodes_revision.is(seen))
+        .then(|| (state.nodes_revision, state.nodes.values().map(|n| (n.id.clone(), n.status)).collect()))
 }
 
 #[cfg(test)]
@@ -388,6 +390,35 @@ mod tests {
         let mut nodes: Vec<&str> = changed.iter().map(|(n, _)| n.as_str()).collect();
         nodes.sort();
         nodes
+    }
+
+    #[test]
+    fn node_statuses_are_taken_again_only_after_a_node_changed() {
+        let mut state = state_with(&["a", "b"], &[("web", "image: x", 4)]);
+        let (seen, statuses) = node_statuses_if_changed(&state, None).expect("nothing seen yet");
+        assert_eq!(statuses.len(), 2);
+        assert!(node_statuses_if_changed(&state, Some(seen)).is_none(), "no node changed");
+
+        // Tasks changing is not a node changing.
+        converge(&mut state, 0);
+        agents_run_everything(&mut state);
+        assert!(node_statuses_if_changed(&state, Some(seen)).is_none());
+
+        state.apply(Command::SetNodeStatus {
+            node: "b".into(),
+            status: NodeStatus::Down,
+            message: String::new(),
+            at: 1,
+        });
+        let (seen, statuses) = node_statuses_if_changed(&state, Some(seen)).expect("a node went down");
+        assert_eq!(statuses.get("b"), Some(&NodeStatus::Down));
+
+        // A copy is the same nodes; a state restored from a snapshot is not known to be.
+        let copy = state.clone();
+        assert!(node_statuses_if_changed(&copy, Some(seen)).is_none());
+        let restored: ClusterState =
+            serde_json::from_slice(&serde_json::to_vec(&state).expect("encode")).expect("decode");
+        assert!(node_statuses_if_changed(&restored, Some(seen)).is_some());
     }
 
     #[test]

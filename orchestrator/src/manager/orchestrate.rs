@@ -78,9 +78,17 @@ pub async fn run(cluster: Cluster, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         let commands: Vec<_> = commands.into_iter().flat_map(|c| c.split(MAX_TASKS_PER_COMMAND)).collect();
-        if let Err(e) = cluster.propose_all(commands).await {
+        let pieces = commands.len();
+        let proposed = tokio::time::Instant::now();
+        match cluster.propose_all(commands).await {
+            Ok(_) => tracing::debug!(
+                round_ms = took.as_millis() as u64,
+                commit_ms = proposed.elapsed().as_millis() as u64,
+                pieces,
+                "orchestration round applied"
+            ),
             // Lost leadership or a slow disk: the next round decides again from fresh state.
-            tracing::debug!("orchestration round not applied: {e}");
+            Err(e) => tracing::debug!("orchestration round not applied: {e}"),
         }
     }
 }

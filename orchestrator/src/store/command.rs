@@ -351,13 +351,14 @@ impl ClusterState {
                     labels.agent = std::mem::take(&mut node.labels);
                     node.labels = labels.effective();
                 }
-                match self.nodes.get_mut(&node.id) {
+                match self.node_mut(&node.id) {
                     // A returning node keeps the availability an operator set.
                     Some(existing) => {
                         let availability = existing.availability;
                         *existing = Node { availability, ..node };
                     }
                     None => {
+                        self.nodes_revision.bump();
                         self.nodes.insert(node.id.clone(), node);
                     }
                 }
@@ -365,6 +366,7 @@ impl ClusterState {
                 CommandResult::default()
             }
             Command::UpdateNodeLabels { node, add, remove, at } => {
+                self.nodes_revision.bump();
                 let Some(existing) = self.nodes.get_mut(&node) else {
                     return CommandResult::error(format!("no such node: {node}"));
                 };
@@ -579,7 +581,7 @@ impl ClusterState {
     }
 
     fn with_node(&mut self, id: &str, change: impl FnOnce(&mut Node)) -> CommandResult {
-        match self.nodes.get_mut(id) {
+        match self.node_mut(id) {
             Some(node) => {
                 change(node);
                 CommandResult::default()

@@ -394,9 +394,54 @@ pub struct ClusterState {
     pub next_task_id: TaskId,
     /// Raft index of the last applied command (0 before any).
     pub applied_index: u64,
+    /// Changes whenever a node does (see [`NodesRevision`]).
+    #[serde(skip)]
+    pub nodes_revision: NodesRevision,
+}
+
+/// A number that changes whenever any node changes, so that readers which keep something
+/// derived from every node (the dispatcher's copy of node statuses, read by heartbeats) can tell
+/// in O(1) whether to derive it again. Numbers come from one counter per process, so two states
+/// (a restored one, a fresh one) never share one unless one is a copy of the other. Not part of
+/// the replicated state: not serialized, and equal for any two states.
+#[derive(Debug, Clone, Copy, Eq)]
+pub struct NodesRevision(u64);
+
+impl NodesRevision {
+    fn next() -> NodesRevision {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NodesRevision(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    pub fn bump(&mut self) {
+        *self = NodesRevision::next();
+    }
+
+    /// Is this the revision `seen` was taken at?
+    pub fn is(&self, seen: Option<NodesRevision>) -> bool {
+        seen.is_some_and(|seen| seen.0 == self.0)
+    }
+}
+
+impl Default for NodesRevision {
+    fn default() -> Self {
+        NodesRevision::next()
+    }
+}
+
+impl PartialEq for NodesRevision {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl ClusterState {
+    /// A node to change; counts as a change of the nodes (see [`NodesRevision`]).
+    pub fn node_mut(&mut self, id: &str) -> Option<&mut Node> {
+        self.nodes_revision.bump();
+        self.nodes.get_mut(id)
+    }
+
     pub fn service_tasks<'a>(&'a self, service: &'a ServiceId) -> impl Iterator<Item = &'a Task> + 'a {
         self.tasks.values().filter(move |t| &t.service == service)
     }
