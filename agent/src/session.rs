@@ -437,37 +437,68 @@ fn timed_out(status: &tonic::Status) -> bool {
     matches!(status.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded)
 }
 
+/// Most heartbeats awaiting an answer at once (with the deadline at two periods there are at
+/// most about two; a bound all the same).
+const MAX_HEARTBEATS_IN_FLIGHT: usize = 3;
+
+/// Heartbeats go out on their own schedule, a period (less jitter) after the one before was
+/// sent, not after it was answered: the manager judges a node by when its heartbeats arrive, and
+/// a busy manager answers late (in the 100,000-task simulation answers took up to 15 s).
+/// Waiting for each answer stretched the interval to answer + period, past
+/// the manager's down-after, and it marked live nodes down by the thousand. Each call's deadline
+/// is kept here too: the grpc-timeout header alone lets a client wait as long as the answer takes.
 async fn heartbeat(
-    mut client: Client,
+    client: Client,
     node_id: &str,
     mut period: Duration,
     config: &AgentConfig,
 ) -> Result<(), SessionError> {
+    type Answer = (tokio::time::Instant, Result<pb::HeartbeatResponse, tonic::Status>);
+    let jittered = |period: Duration| period.mul_f64(1.0 - config.heartbeat_jitter.clamp(0.0, 1.0) * random_unit());
+    let mut calls: tokio::task::JoinSet<Answer> = tokio::task::JoinSet::new();
     let mut timeouts = 0;
+    let mut next = tokio::time::Instant::now() + jittered(period);
     loop {
-        let jitter = config.heartbeat_jitter.clamp(0.0, 1.0) * random_unit();
-        tokio::time::sleep(period.mul_f64(1.0 - jitter)).await;
-        let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id: node_id.to_string() });
-        request.set_timeout(config.rpc_timeout.min(period * 2));
-        let sent = tokio::time::Instant::now();
-        let answer = client.heartbeat(request).await;
-        if let Some(observer) = config.observer.as_deref() {
-            observer.heartbeat(node_id, answer.is_ok().then(|| sent.elapsed()));
-        }
-        let response = match answer {
-            Ok(response) => response.into_inner(),
-            // A busy manager answers late: try again rather than end the session, which would
-            // cost it a registration and a new session on top (the stream tells when it is gone).
-            Err(status) if timeouts < HEARTBEAT_TIMEOUTS_TOLERATED && timed_out(&status) => {
-                timeouts += 1;
-                tracing::debug!(node = node_id, "heartbeat timed out ({timeouts} in a row); trying again");
-                continue;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next), if calls.len() < MAX_HEARTBEATS_IN_FLIGHT => {
+                let deadline = config.rpc_timeout.min(period * 2);
+                let (mut client, node) = (client.clone(), node_id.to_string());
+                calls.spawn(async move {
+                    let sent = tokio::time::Instant::now();
+                    let mut request = tonic::Request::new(pb::HeartbeatRequest { node_id: node });
+                    request.set_timeout(deadline);
+                    let answer = match tokio::time::timeout(deadline, client.heartbeat(request)).await {
+                        Ok(answer) => answer.map(tonic::Response::into_inner),
+                        Err(_) => Err(tonic::Status::deadline_exceeded("no heartbeat answer in time")),
+                    };
+                    (sent, answer)
+                });
+                next = tokio::time::Instant::now() + jittered(period);
             }
-            Err(status) => return Err(rpc("heartbeat")(status)),
-        };
-        timeouts = 0;
-        if response.heartbeat_period_ms > 0 {
-            period = Duration::from_millis(response.heartbeat_period_ms.max(100));
+            Some(done) = calls.join_next() => {
+                let (sent, answer) = done.unwrap_or_else(|e| {
+                    (tokio::time::Instant::now(), Err(tonic::Status::internal(format!("heartbeat call failed: {e}"))))
+                });
+                if let Some(observer) = config.observer.as_deref() {
+                    observer.heartbeat(node_id, answer.is_ok().then(|| sent.elapsed()));
+                }
+                match answer {
+                    Ok(response) => {
+                        timeouts = 0;
+                        if response.heartbeat_period_ms > 0 {
+                            period = Duration::from_millis(response.heartbeat_period_ms.max(100));
+                        }
+                    }
+                    // A busy manager answers late: carry on rather than end the session, which
+                    // would cost it a registration and a new session on top (the stream tells
+                    // when it is gone).
+                    Err(status) if timeouts < HEARTBEAT_TIMEOUTS_TOLERATED && timed_out(&status) => {
+                        timeouts += 1;
+                        tracing::debug!(node = node_id, "heartbeat timed out ({timeouts} in a row)");
+                    }
+                    Err(status) => return Err(rpc("heartbeat")(status)),
+                }
+            }
         }
     }
 }
@@ -1350,5 +1381,93 @@ mod tests {
         calls.finish.send(Err(SessionError::Protocol("broken".into()))).ok();
         assert!(send_pending(&reports, 10, false, send).await.is_err());
         assert_eq!(reports.take(10), vec![st(1, pb::TaskState::Running)]);
+    }
+
+    /// A dispatcher whose heartbeat answers wait until the next heartbeat has arrived (or 10 s).
+    #[derive(Default)]
+    struct SlowToAnswer {
+        arrived: std::sync::atomic::AtomicUsize,
+        next_arrived: Notify,
+        answered_after_next: tokio::sync::Mutex<Vec<bool>>,
+    }
+
+    #[tonic::async_trait]
+    impl pb::dispatcher_server::Dispatcher for SlowToAnswer {
+        type SessionStream = futures_util::stream::Empty<Result<pb::Assignments, tonic::Status>>;
+
+        async fn register(
+            &self,
+            _: tonic::Request<pb::RegisterRequest>,
+        ) -> Result<tonic::Response<pb::RegisterResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("register"))
+        }
+
+        async fn session(
+            &self,
+            _: tonic::Request<pb::SessionRequest>,
+        ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+            Err(tonic::Status::unimplemented("session"))
+        }
+
+        async fn heartbeat(
+            &self,
+            _: tonic::Request<pb::HeartbeatRequest>,
+        ) -> Result<tonic::Response<pb::HeartbeatResponse>, tonic::Status> {
+            let this = self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            self.next_arrived.notify_waiters();
+            let next = async {
+                while self.arrived.load(std::sync::atomic::Ordering::SeqCst) <= this {
+                    let notified = self.next_arrived.notified();
+                    if self.arrived.load(std::sync::atomic::Ordering::SeqCst) > this {
+                        break;
+                    }
+                    notified.await;
+                }
+            };
+            let came = tokio::time::timeout(Duration::from_secs(10), next).await.is_ok();
+            self.answered_after_next.lock().await.push(came);
+            Ok(tonic::Response::new(pb::HeartbeatResponse { heartbeat_period_ms: 0 }))
+        }
+
+        async fn update_task_status(
+            &self,
+            _: tonic::Request<pb::UpdateTaskStatusRequest>,
+        ) -> Result<tonic::Response<pb::UpdateTaskStatusResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("update_task_status"))
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_their_schedule_while_the_manager_answers_late() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let address = listener.local_addr().expect("its address");
+        let manager = Arc::new(SlowToAnswer::default());
+        let server = tonic::transport::Server::builder()
+            .add_service(pb::dispatcher_server::DispatcherServer::from_arc(manager.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        let server = tokio::spawn(server);
+        let channel = Endpoint::from_shared(format!("http://{address}")).expect("an endpoint").connect_lazy();
+        let mut config = AgentConfig::new(vec![address.to_string()], "token");
+        config.heartbeat_jitter = 0.0;
+        config.rpc_timeout = Duration::from_secs(30);
+        let beating = heartbeat(Client::new(channel), "n1", Duration::from_millis(100), &config);
+        // Two answers, each given only once the heartbeat after it had arrived: a client that
+        // waited for each answer before the next heartbeat would leave the first unanswered for
+        // 10 s, and that answer would say so.
+        let answered = async {
+            loop {
+                let answers = manager.answered_after_next.lock().await.clone();
+                if answers.len() >= 2 {
+                    return answers;
+                }
+                manager.next_arrived.notified().await;
+            }
+        };
+        let answers = tokio::select! {
+            ended = beating => panic!("the heartbeats ended: {ended:?}"),
+            answers = tokio::time::timeout(Duration::from_secs(30), answered) => answers.expect("two answers within 30 s"),
+        };
+        assert!(answers.iter().take(2).all(|came| *came), "heartbeats waited for answers: {answers:?}");
+        server.abort();
     }
 }
