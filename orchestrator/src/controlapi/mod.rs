@@ -115,20 +115,23 @@ impl pb::control_server::Control for ControlService {
         let stacks = self
             .cluster
             .read_consistent(stale, |state| {
+                let counts = state.task_counts();
                 state
                     .stacks
                     .values()
                     .map(|stack| {
-                        let tasks: Vec<&Task> =
-                            state.tasks.values().filter(|t| t.service.stack == stack.name).collect();
-                        let running = tasks.iter().filter(|t| t.state == TaskState::Running).count() as u32;
+                        let (running, total) = counts
+                            .iter()
+                            .filter(|(service, _)| service.stack == stack.name)
+                            .fold((0, 0), |(running, total), (_, c)| (running + c.running, total + c.total));
+                        let running = running as u32;
                         let status =
                             if stack.removing { "removing".to_string() } else { format!("running({running})") };
                         pb::StackSummary {
                             name: stack.name.clone(),
                             services: state.stack_services(&stack.name).count() as u32,
                             running,
-                            tasks: tasks.len() as u32,
+                            tasks: total as u32,
                             status,
                             config_files: Vec::new(),
                             revision: stack.revision,
@@ -149,17 +152,16 @@ impl pb::control_server::Control for ControlService {
         let services = self
             .cluster
             .read_consistent(stale, |state| {
+                let counts = state.task_counts();
                 state
                     .services
                     .values()
                     .filter(|s| stack.is_empty() || s.id.stack == stack)
                     .map(|s| {
-                        let running =
-                            state.service_tasks(&s.id).filter(|t| t.state == TaskState::Running).count() as u64;
+                        let count = counts.get(&s.id).copied().unwrap_or_default();
+                        let running = count.running;
                         let desired = match s.mode {
-                            ServiceMode::Global | ServiceMode::GlobalJob => {
-                                state.service_tasks(&s.id).filter(|t| t.desired == DesiredState::Running).count() as u64
-                            }
+                            ServiceMode::Global | ServiceMode::GlobalJob => count.wanted,
                             _ => s.replicas,
                         };
                         pb::ServiceSummary {
