@@ -324,6 +324,54 @@ fn a_global_service_follows_a_node_that_joins_later() {
     nodes.wait_for_placement(&stack, "monitor", &[("node1", 1), ("node2", 1), ("node3", 1), ("node4", 1)]);
 }
 
+/// `logs -f` follows on through a connection reset while its manager stays (it used to end there).
+#[test]
+fn logs_follow_on_through_a_connection_reset_while_its_manager_stays() {
+    use std::io::BufRead;
+    let stack = Stack::new("mn-logs-reset");
+    let nodes = Nodes::start(&THREE[..1]);
+    stack.compose(&format!(
+        "services:\n  ticker:\n    image: {IMAGE}\n    init: true\n    command: [sh, -c, 'while true; do echo tick; sleep 0.2; done']\n    stop_grace_period: 1s\nnetworks:\n  default: {{}}\n"
+    ));
+    let up = stack.run(&["-H", &nodes.addr(), "up", "-d", "--wait", "--timeout", "90"]);
+    assert_eq!(up.code, 0, "up failed:\n{}", up.stderr);
+    let relay = Relay::start(&nodes.addr());
+    let mut follower = stack
+        .shoal()
+        .args(["-H", relay.address(), "logs", "-f", "--tail", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("logs -f");
+    let stdout = follower.stdout.take().expect("its stdout");
+    let (lines, received) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next_tick = |what: &str| {
+        let line = received
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{what}: no line from logs -f ({e})"));
+        assert!(line.contains("tick"), "{what}: {line}");
+    };
+    next_tick("before the reset");
+    assert!(relay.cut() >= 1, "logs -f holds a connection through the relay");
+    // A line or two may have been on the way when the connection was cut; ten more (two
+    // seconds of the ticker) come only from a stream opened again.
+    for n in 0..10 {
+        next_tick(&format!("line {n} after the reset"));
+    }
+    let still_following = follower.try_wait().expect("logs -f's status").is_none();
+    let _ = follower.kill();
+    let stopped = follower.wait_with_output().expect("logs -f's output");
+    let _ = reader.join();
+    assert!(still_following, "logs -f ended after the reset:\n{}", String::from_utf8_lossy(&stopped.stderr));
+}
+
 #[test]
 fn up_waits_on_through_a_connection_reset_while_its_manager_stays() {
     let stack = Stack::new("mn-reset");

@@ -44,8 +44,11 @@ pub async fn run(project_args: &ProjectArgs, target: &Target, args: &LogsArgs) -
 /// Prints what `request` asks for until the output ends. Output also ends when the manager
 /// serving it goes away (see [`Connection::recover`]); then the next one is asked for the rest:
 /// all of it if nothing was printed yet, else — when following — only new lines (those written
-/// during the switch are missed, rather than everything printed twice).
+/// during the switch are missed, rather than everything printed twice). A followed stream that
+/// breaks on the wire while its manager stays (a connection reset) is asked for again the same
+/// way, up to [`MAX_REOPENS`] times in a row without a line.
 pub async fn follow(connection: &mut Connection, mut request: pb::LogsRequest) -> anyhow::Result<()> {
+    let mut reopens = 0;
     loop {
         let stream = connection
             .with_failover(|mut c| {
@@ -56,7 +59,14 @@ pub async fn follow(connection: &mut Connection, mut request: pb::LogsRequest) -
             .map_err(|s| anyhow::anyhow!("{}", s.message()))?
             .into_inner();
         let printed = print(stream, request.timestamps).await?;
-        if !connection.recover().await? {
+        // A stream that broke on our side of the wire (a connection reset; the manager may
+        // well still be there) is followed on, like one whose manager went away; an error the
+        // manager sent is its answer.
+        let broke = printed.last_error.as_ref().is_some_and(|status| std::error::Error::source(status).is_some());
+        reopens = if printed.lines > 0 { 1 } else { reopens + 1 };
+        let manager_gone = connection.recover().await?;
+        let follow_on = broke && request.follow && reopens <= MAX_REOPENS;
+        if !(manager_gone || follow_on) {
             if let Some(status) = printed.last_error {
                 eprintln!("warning: {}", status.message());
             }
@@ -72,6 +82,10 @@ pub async fn follow(connection: &mut Connection, mut request: pb::LogsRequest) -
         }
     }
 }
+
+/// Times in a row a followed stream may break on the wire without a line in between before
+/// `logs -f` gives up.
+const MAX_REOPENS: u32 = 5;
 
 const COLOURS: [&str; 6] = ["36", "33", "32", "35", "34", "31"];
 
