@@ -18,8 +18,8 @@ const MAX_CONTAINER_LINES: usize = 24;
 
 pub struct Progress {
     bars: Option<Bars>,
-    /// Each container's last shown text, and its service's name.
-    last: BTreeMap<String, (String, String)>,
+    /// Each container's last shown text.
+    last: BTreeMap<String, String>,
     tally: ServiceTally,
 }
 
@@ -50,13 +50,11 @@ impl Progress {
     pub fn update(&mut self, task: &pb::Task) {
         let name =
             if task.container_name.is_empty() { format!("task {}", task.id) } else { task.container_name.clone() };
-        let service = task.service.as_ref().map(|s| s.service.clone()).unwrap_or_default();
         let text = describe(task);
-        if self.last.get(&name).is_some_and(|(_, last)| *last == text) {
+        if self.last.get(&name) == Some(&text) {
             return;
         }
-        self.last.insert(name.clone(), (service.clone(), text.clone()));
-        let word = state_word(task);
+        self.last.insert(name.clone(), text.clone());
         let Some(bars) = &mut self.bars else {
             // Formatted first and written at once: stderr is unbuffered, and a padded format
             // writes piece by piece (a system call per padding character; at 20,000 containers
@@ -64,7 +62,8 @@ impl Progress {
             let _ = std::io::stderr().write_all(format!("{name:<28} {text}\n").as_bytes());
             return;
         };
-        self.tally.set(&name, &service, &word);
+        let service = task.service.as_ref().map(|s| s.service.clone()).unwrap_or_default();
+        self.tally.set(&name, &service, &state_word(task));
         if !bars.grouped && self.last.len() > MAX_CONTAINER_LINES {
             bars.grouped = true;
             for (_, bar) in std::mem::take(&mut bars.lines) {

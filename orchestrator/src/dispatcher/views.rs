@@ -160,18 +160,23 @@ impl ViewBuilder {
     /// of the state rather than under its lock (a deploy of 100,000 tasks takes seconds to
     /// build, in which the raft thread could not apply).
     pub fn is_larger_than(&self, state: &ClusterState, tasks: usize) -> bool {
-        let writes = self.cursor.filter(|_| self.services_unchanged(state)).and_then(|c| state.tasks.writes_since(c));
-        match writes {
+        match self.cursor_for(state).and_then(|cursor| state.tasks.writes_since(cursor)) {
             None => state.tasks.len() > tasks,
             Some(writes) => writes + self.retry.len() > tasks,
         }
     }
 
+    /// Where to follow the task journal from, unless the next build must look at every task
+    /// (the first build, or a service or stack changed).
+    fn cursor_for(&self, state: &ClusterState) -> Option<Cursor> {
+        self.cursor.filter(|_| self.services_unchanged(state))
+    }
+
     /// Brings the views up to `state`; returns the nodes whose assignments changed.
     pub fn build(&mut self, state: &ClusterState) -> Vec<(NodeId, Arc<NodeAssignments>)> {
-        let changes = match self.cursor {
-            Some(cursor) if self.services_unchanged(state) => state.tasks.changes_since(cursor),
-            _ => Changes::Everything,
+        let changes = match self.cursor_for(state) {
+            Some(cursor) => state.tasks.changes_since(cursor),
+            None => Changes::Everything,
         };
         self.cursor = Some(state.tasks.cursor());
         let mut touched = HashSet::new();

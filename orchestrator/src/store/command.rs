@@ -358,7 +358,6 @@ impl ClusterState {
                         *existing = Node { availability, ..node };
                     }
                     None => {
-                        self.nodes_revision.bump();
                         self.nodes.insert(node.id.clone(), node);
                     }
                 }

@@ -446,7 +446,8 @@ impl PartialEq for NodesRevision {
 }
 
 impl ClusterState {
-    /// A node to change; counts as a change of the nodes (see [`NodesRevision`]).
+    /// A node to change; counts as a change of the nodes (see [`NodesRevision`]) whether or not
+    /// it exists, so a caller that inserts the node when it is missing needs no bump of its own.
     pub fn node_mut(&mut self, id: &str) -> Option<&mut Node> {
         self.nodes_revision.bump();
         self.nodes.get_mut(id)
