@@ -71,6 +71,12 @@ pub struct ServerArgs {
     /// started on other nodes (must be longer than --node-heartbeat; a few periods is sensible)
     #[arg(long, default_value = "6s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub node_down_after: Duration,
+    /// When more than 55% of the nodes (in a cluster of 50 or more) miss heartbeats at once —
+    /// more likely this manager or its network than the nodes — a node is marked down only after
+    /// this long without a heartbeat, until they are heard again (0s, or not longer than
+    /// --node-down-after: never wait longer)
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub node_down_hold: Duration,
     /// Node label for this manager's agent (repeatable)
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -98,9 +104,11 @@ pub fn node_timing(
     mut config: DispatcherConfig,
     heartbeat: Duration,
     down_after: Duration,
+    down_hold: Duration,
 ) -> anyhow::Result<DispatcherConfig> {
     config.heartbeat_period = heartbeat;
     config.down_after = down_after;
+    config.mass_silence.hold = down_hold;
     let show = |d: Duration| humantime::format_duration(d).to_string();
     match config.validate() {
         Ok(()) => Ok(config),
@@ -242,7 +250,8 @@ fn random_bytes(count: usize) -> anyhow::Result<Vec<u8>> {
 
 pub async fn run(state_dir: &Path, args: &ServerArgs) -> anyhow::Result<i32> {
     let (tick, heartbeat_tick, election_tick) = raft_timing(args.election_timeout, args.heartbeat_interval)?;
-    let dispatcher = node_timing(DispatcherConfig::new(""), args.node_heartbeat, args.node_down_after)?;
+    let dispatcher =
+        node_timing(DispatcherConfig::new(""), args.node_heartbeat, args.node_down_after, args.node_down_hold)?;
     let labels = parse_labels(&args.labels)?;
     if args.snapshot_every == 0 {
         bail!("--snapshot-every must be at least 1");
@@ -423,18 +432,28 @@ mod tests {
     #[test]
     fn node_timings_are_checked_and_named_by_their_flags() {
         let base = DispatcherConfig::new("token");
-        let config = node_timing(base.clone(), Duration::from_millis(500), Duration::from_secs(2)).expect("valid");
+        let hold = Duration::from_secs(30);
+        let config =
+            node_timing(base.clone(), Duration::from_millis(500), Duration::from_secs(2), hold).expect("valid");
         assert_eq!((config.heartbeat_period, config.down_after), (Duration::from_millis(500), Duration::from_secs(2)));
+        assert_eq!(config.mass_silence.hold, hold);
         assert_eq!(config.join_token, "token");
 
-        let err = node_timing(base.clone(), Duration::from_secs(5), Duration::from_secs(5)).expect_err("refused");
+        let err = node_timing(base.clone(), Duration::from_secs(5), Duration::from_secs(5), hold).expect_err("refused");
         let text = err.to_string();
         assert!(text.starts_with("--node-down-after (5s) must be longer than --node-heartbeat (5s)"), "{text}");
         assert!(text.contains("hint: allow a few missed heartbeats, e.g. --node-down-after 15s"), "{text}");
-        assert!(node_timing(base.clone(), Duration::from_secs(3), Duration::from_secs(1)).is_err());
+        assert!(node_timing(base.clone(), Duration::from_secs(3), Duration::from_secs(1), hold).is_err());
 
-        let err = node_timing(base, Duration::from_millis(10), Duration::from_secs(1)).expect_err("refused");
+        let err =
+            node_timing(base.clone(), Duration::from_millis(10), Duration::from_secs(1), hold).expect_err("refused");
         assert!(err.to_string().starts_with("--node-heartbeat 10ms is too short"), "{err}");
+
+        // A down window longer than the default hold is fine: the hold then never applies.
+        node_timing(base.clone(), Duration::from_secs(2), Duration::from_secs(60), hold).expect("valid");
+        let off =
+            node_timing(base, Duration::from_secs(2), Duration::from_secs(6), Duration::ZERO).expect("0s: never hold");
+        assert_eq!(off.mass_silence.hold, Duration::ZERO);
     }
 
     #[test]
@@ -449,6 +468,7 @@ mod tests {
         assert_eq!(cli.server.node_heartbeat, Duration::from_secs(2));
         assert_eq!(cli.server.node_down_after, Duration::from_secs(6));
         assert!(cli.server.node_down_after <= Duration::from_secs(10));
+        assert_eq!(cli.server.node_down_hold, Duration::from_secs(30));
         let cli =
             Cli::try_parse_from(["shoal", "--node-heartbeat", "250ms", "--node-down-after", "1s"]).expect("parse");
         assert_eq!(

@@ -1,5 +1,6 @@
 //! The dispatcher: what the managers send to agents.
 
+pub mod liveness;
 pub mod server;
 pub mod taskspec;
 pub mod views;

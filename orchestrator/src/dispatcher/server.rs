@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::liveness::{forgive_stall, Liveness, MassSilence, Verdict};
 use super::taskspec::{RestartOwner, TaskSpec, TaskSpecOptions};
 use super::views::{node_statuses_if_changed, ViewBuilder, Views};
 use crate::manager::cluster::now;
@@ -70,6 +71,9 @@ pub struct DispatcherConfig {
     pub heartbeat_period: Duration,
     /// A Ready node not heard from for this long is marked Down (its tasks are rescheduled).
     pub down_after: Duration,
+    /// When most nodes go silent at once, a longer window before they are marked down (see
+    /// [`MassSilence`]).
+    pub mass_silence: MassSilence,
     /// Embedded mode: containers get the service's restart policy, so the engine keeps them up
     /// while no manager runs. Otherwise the control plane owns restarts (engine policy `no`).
     pub engine_restarts: bool,
@@ -86,6 +90,7 @@ impl DispatcherConfig {
             join_token: join_token.into(),
             heartbeat_period: Duration::from_secs(2),
             down_after: Duration::from_secs(6),
+            mass_silence: MassSilence::default(),
             engine_restarts: false,
             // Large enough that a big deploy's reports (thousands of agents, several reports per
             // task) do not queue behind one another for many rounds of the raft log.
@@ -148,6 +153,8 @@ struct Inner {
     cluster: Cluster,
     config: DispatcherConfig,
     last_seen: Mutex<HashMap<NodeId, Instant>>,
+    /// Nodes heard since the monitor's last check after a long gap (see [`Liveness::judge`]).
+    heard_late: AtomicUsize,
     /// Every node's status as of the last assignment view, for heartbeats: they must not wait
     /// for the state's lock, which the raft thread and long readers (an orchestration round
     /// over a large state) can hold for a while — a late heartbeat ends a session.
@@ -198,6 +205,7 @@ impl DispatcherService {
             cluster,
             config,
             last_seen: Mutex::new(HashMap::new()),
+            heard_late: AtomicUsize::new(0),
             statuses: Mutex::new(Arc::new(HashMap::new())),
             batches: batch_tx,
             views: Views::default(),
@@ -250,7 +258,11 @@ impl Inner {
     }
 
     fn touch(&self, node: &str) {
-        lock(&self.last_seen).insert(node.to_string(), Instant::now());
+        let at = Instant::now();
+        let previous = lock(&self.last_seen).insert(node.to_string(), at);
+        if previous.is_some_and(|p| at.saturating_duration_since(p) > Liveness::late_after(self.config.down_after)) {
+            self.heard_late.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The node's status as of the last view, else (a node that registered since) as applied.
@@ -653,31 +665,20 @@ async fn build_views(inner: Arc<Inner>, leader: watch::Sender<bool>) {
     }
 }
 
-/// A check that comes late (more than two periods after the last) means this manager was
-/// stalled — its runtime's workers busy or blocked, the machine overloaded: it could not take
-/// heartbeats either, so that time does not count against the nodes. Moves every last heartbeat
-/// later by the stall (never past `at`); returns the stall.
-fn forgive_stall(seen: &mut HashMap<NodeId, Instant>, last_check: Instant, at: Instant, every: Duration) -> Duration {
-    let stalled = at.saturating_duration_since(last_check).saturating_sub(every * 2);
-    if !stalled.is_zero() {
-        for last in seen.values_mut() {
-            *last = (*last + stalled).min(at);
-        }
-    }
-    stalled
-}
-
 /// Tasks above which the view builder works on a copy of the state instead of under its lock:
 /// a copy costs tens of milliseconds at 100,000 tasks, building that many specs seconds.
 const LARGE_BUILD: usize = 5_000;
 
-/// On the leader: marks Ready nodes whose last heartbeat is older than `down_after` as Down.
+/// On the leader: marks Ready nodes whose last heartbeat is older than `down_after` as Down
+/// (longer in a mass silence; see [`Liveness`]).
 async fn monitor(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.config.check_every());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = inner.shutdown.clone();
     let mut was_leader = false;
     let mut last_check = Instant::now();
+    let new_liveness = || Liveness::new(inner.config.down_after, inner.config.mass_silence);
+    let mut liveness = new_liveness();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
@@ -693,6 +694,7 @@ async fn monitor(inner: Arc<Inner>) {
             // A new leader has no heartbeat history: every node starts a fresh grace period.
             was_leader = true;
             lock(&inner.last_seen).clear();
+            liveness = new_liveness();
         }
         let stalled = forgive_stall(&mut lock(&inner.last_seen), last_check, at, inner.config.check_every());
         last_check = at;
@@ -705,17 +707,28 @@ async fn monitor(inner: Arc<Inner>) {
         let ready: Vec<NodeId> = inner
             .cluster
             .read(|s| s.nodes.values().filter(|n| n.status == NodeStatus::Ready).map(|n| n.id.clone()).collect());
-        let silent: Vec<(NodeId, Duration)> = {
+        let quiet: Vec<(NodeId, Duration)> = {
             let mut seen = lock(&inner.last_seen);
             ready
                 .into_iter()
-                .filter_map(|id| {
+                .map(|id| {
                     let last = *seen.entry(id.clone()).or_insert(at);
-                    let quiet = at.saturating_duration_since(last);
-                    (quiet > inner.config.down_after).then_some((id, quiet))
+                    (id, at.saturating_duration_since(last))
                 })
                 .collect()
         };
+        let verdict = liveness.judge(at, &quiet, inner.heard_late.swap(0, Ordering::Relaxed));
+        if verdict.missing > 0 {
+            tracing::debug!(
+                missing = verdict.missing,
+                of = verdict.population,
+                held = verdict.held,
+                down = verdict.down.len(),
+                "nodes missing heartbeats"
+            );
+        }
+        report_mass_silence(&verdict, &inner.config);
+        let silent = verdict.down;
         if silent.is_empty() {
             continue;
         }
@@ -738,6 +751,25 @@ async fn monitor(inner: Arc<Inner>) {
             }
             Err(e) => tracing::debug!("marking nodes down was not applied: {e}"),
         }
+    }
+}
+
+/// Says when a mass silence begins and ends: while it lasts, nodes are marked down later than
+/// configured, which an operator must be able to see.
+fn report_mass_silence(verdict: &Verdict, config: &DispatcherConfig) {
+    if let Some((missing, of)) = verdict.began {
+        tracing::warn!(
+            "{missing} of {of} nodes missed heartbeats at once: more likely this manager or its network than the \
+             nodes; until they are heard again, a node is marked down after {} without a heartbeat instead of {}",
+            humantime::format_duration(config.mass_silence.hold),
+            humantime::format_duration(config.down_after)
+        );
+    }
+    if verdict.ended {
+        tracing::warn!(
+            "the mass silence is over: nodes are marked down after {} without a heartbeat again",
+            humantime::format_duration(config.down_after)
+        );
     }
 }
 
@@ -804,24 +836,6 @@ fn take_queued(first: Batch, batches: &mut mpsc::Receiver<Batch>, max: usize) ->
 mod tests {
     use super::*;
     use crate::store::state::TaskState;
-
-    #[test]
-    fn a_stalled_manager_does_not_count_its_stall_against_the_nodes() {
-        let every = Duration::from_millis(500);
-        let start = Instant::now();
-        let mut seen: HashMap<NodeId, Instant> =
-            [("quiet".to_string(), start), ("recent".to_string(), start + Duration::from_secs(3))].into();
-        // On time (within two periods): nothing changes.
-        let at = start + Duration::from_secs(4);
-        assert_eq!(forgive_stall(&mut seen, at - every, at, every), Duration::ZERO);
-        assert_eq!(seen["quiet"], start);
-        // Ten seconds without a check: 9 s of it was a stall, which no node is blamed for.
-        let late = at + Duration::from_secs(10);
-        assert_eq!(forgive_stall(&mut seen, at, late, every), Duration::from_secs(9));
-        assert_eq!(seen["quiet"], start + Duration::from_secs(9));
-        assert_eq!(seen["recent"], start + Duration::from_secs(12));
-        assert!(seen.values().all(|last| *last <= late), "never later than now");
-    }
 
     #[test]
     fn only_a_ready_node_telling_the_same_facts_registers_without_a_write() {
