@@ -23,12 +23,11 @@ use shoal_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::liveness::{forgive_stall, Liveness, MassSilence, Verdict};
 use super::taskspec::{RestartOwner, TaskSpec, TaskSpecOptions};
-use super::views::{node_statuses_if_changed, ViewBuilder, Views};
+use super::views::{node_statuses_if_changed, NodeAssignments, ViewBuilder, Views};
 use crate::manager::cluster::now;
 use crate::manager::tokens::admits_agent;
 use crate::manager::{Cluster, ClusterError};
@@ -437,16 +436,11 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         inner.sessions.send_modify(|sessions| {
             sessions.insert(node.clone(), (session, false));
         });
-        let (tx, rx) = mpsc::channel(16);
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            serve_session(&inner, &node, index, tx).await;
-            inner.sessions.send_if_modified(|sessions| {
-                let ours = sessions.get(&node).is_some_and(|(id, _)| *id == session);
-                ours && sessions.remove(&node).is_some()
-            });
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let feed = SessionFeed::new(self.inner.clone(), node, session, index);
+        Ok(Response::new(Box::pin(futures_util::stream::unfold(feed, |mut feed| async move {
+            let message = feed.next().await?;
+            Some((message, feed))
+        }))))
     }
 
     async fn heartbeat(
@@ -528,66 +522,126 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
 }
 
 /// Sends one node its complete set, then a diff after every change of its assignments.
-async fn serve_session(inner: &Inner, node: &str, index: u64, tx: mpsc::Sender<Result<pb::Assignments, Status>>) {
-    let mut built = inner.views.index();
-    let mut leader = inner.leader.clone();
-    let mut shutdown = inner.shutdown.clone();
-    let caught_up = tokio::time::timeout(Duration::from_secs(10), built.wait_for(|built| *built >= index))
-        .await
-        .is_ok_and(|r| r.is_ok());
-    if !caught_up {
-        let _ = tx.send(Err(Status::unavailable("the manager's assignments are not up to date; retry"))).await;
-        return;
+/// One agent session's messages, made when the stream is asked for the next one: no task and
+/// no queue of its own per session (10,000 sessions kept ≈3 KiB each in those), and an agent that
+/// reads slowly gets one diff of everything that changed meanwhile instead of a queue of them.
+/// Dropping it (the agent went away, the server stops) ends the session.
+struct SessionFeed {
+    inner: Arc<Inner>,
+    node: NodeId,
+    session: u64,
+    /// The applied index the first message must include.
+    index: u64,
+    /// The node's view; `None` until the first message is made.
+    view: Option<watch::Receiver<Arc<NodeAssignments>>>,
+    /// What the agent was last sent.
+    current: Arc<NodeAssignments>,
+    sequence: u64,
+    leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
+    /// An error was sent: the stream ends after it.
+    ended: bool,
+}
+
+impl SessionFeed {
+    fn new(inner: Arc<Inner>, node: NodeId, session: u64, index: u64) -> Self {
+        let (leader, shutdown) = (inner.leader.clone(), inner.shutdown.clone());
+        SessionFeed {
+            inner,
+            node,
+            session,
+            index,
+            view: None,
+            current: Arc::default(),
+            sequence: 0,
+            leader,
+            shutdown,
+            ended: false,
+        }
     }
-    let mut view = inner.views.node(node);
-    let mut current = view.borrow_and_update().clone();
-    let mut sequence = 1;
-    let first = pb::Assignments {
-        sequence,
-        complete: true,
-        changed: current.values().map(|a| a.as_ref().clone()).collect(),
-        removed: Vec::new(),
-    };
-    if tx.send(Ok(first)).await.is_err() {
-        return;
+
+    /// The next message: the complete set first, then each diff; `None` once the session is over.
+    async fn next(&mut self) -> Option<Result<pb::Assignments, Status>> {
+        if self.ended {
+            return None;
+        }
+        let message = match self.view.is_some() {
+            false => self.first().await,
+            true => self.diff().await,
+        };
+        self.ended = message.is_err();
+        Some(message)
     }
-    loop {
-        tokio::select! {
-            _ = tx.closed() => return,
-            changed = view.changed() => if changed.is_err() { return },
-            changed = leader.changed() => {
-                if changed.is_err() || !*leader.borrow_and_update() {
-                    let leader = inner.cluster.raft().status().leader;
-                    let mut refusal = not_leader(leader);
-                    inner.name_leader(&mut refusal, leader);
-                    let _ = tx.send(Err(refusal)).await;
-                    return;
+
+    async fn first(&mut self) -> Result<pb::Assignments, Status> {
+        let mut built = self.inner.views.index();
+        let index = self.index;
+        let caught_up = tokio::time::timeout(Duration::from_secs(10), built.wait_for(|built| *built >= index))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !caught_up {
+            return Err(Status::unavailable("the manager's assignments are not up to date; retry"));
+        }
+        let mut view = self.inner.views.node(&self.node);
+        self.current = view.borrow_and_update().clone();
+        self.view = Some(view);
+        self.sequence = 1;
+        Ok(pb::Assignments {
+            sequence: self.sequence,
+            complete: true,
+            changed: self.current.values().map(|a| a.as_ref().clone()).collect(),
+            removed: Vec::new(),
+        })
+    }
+
+    async fn diff(&mut self) -> Result<pb::Assignments, Status> {
+        let Some(view) = self.view.as_mut() else {
+            return Err(Status::internal("the session has no view"));
+        };
+        loop {
+            tokio::select! {
+                changed = view.changed() => if changed.is_err() {
+                    return Err(Status::unavailable("the manager is shutting down"));
+                },
+                changed = self.leader.changed() => {
+                    if changed.is_err() || !*self.leader.borrow_and_update() {
+                        let leader = self.inner.cluster.raft().status().leader;
+                        let mut refusal = not_leader(leader);
+                        self.inner.name_leader(&mut refusal, leader);
+                        return Err(refusal);
+                    }
+                    continue;
                 }
+                _ = self.shutdown.changed() => return Err(Status::unavailable("the manager is shutting down")),
+            }
+            let next = view.borrow_and_update().clone();
+            if Arc::ptr_eq(&next, &self.current) {
                 continue;
             }
-            _ = shutdown.changed() => {
-                let _ = tx.send(Err(Status::unavailable("the manager is shutting down"))).await;
-                return;
+            let current = std::mem::replace(&mut self.current, next);
+            let next = &self.current;
+            let changed: Vec<pb::Assignment> = next
+                .iter()
+                .filter(|(id, a)| current.get(id).is_none_or(|old| !Arc::ptr_eq(old, a)))
+                .map(|(_, a)| a.as_ref().clone())
+                .collect();
+            let removed: Vec<TaskId> = current.keys().filter(|id| !next.contains_key(id)).copied().collect();
+            if changed.is_empty() && removed.is_empty() {
+                continue;
             }
+            self.sequence += 1;
+            return Ok(pb::Assignments { sequence: self.sequence, complete: false, changed, removed });
         }
-        let next = view.borrow_and_update().clone();
-        if Arc::ptr_eq(&next, &current) {
-            continue;
-        }
-        let changed: Vec<pb::Assignment> = next
-            .iter()
-            .filter(|(id, a)| current.get(id).is_none_or(|old| !Arc::ptr_eq(old, a)))
-            .map(|(_, a)| a.as_ref().clone())
-            .collect();
-        let removed: Vec<TaskId> = current.keys().filter(|id| !next.contains_key(id)).copied().collect();
-        current = next;
-        if changed.is_empty() && removed.is_empty() {
-            continue;
-        }
-        sequence += 1;
-        if tx.send(Ok(pb::Assignments { sequence, complete: false, changed, removed })).await.is_err() {
-            return;
-        }
+    }
+}
+
+impl Drop for SessionFeed {
+    fn drop(&mut self) {
+        let (node, session) = (&self.node, self.session);
+        self.inner.sessions.send_if_modified(|sessions| {
+            let ours = sessions.get(node).is_some_and(|(id, _)| *id == session);
+            ours && sessions.remove(node).is_some()
+        });
     }
 }
 
