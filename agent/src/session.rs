@@ -732,7 +732,7 @@ impl<E: Engine> Core<E> {
                     continue;
                 }
             };
-            let (spec, spec_error) = decode_spec(&a);
+            let (spec, spec_error) = decode_spec(&a, self.runner.node_id());
             self.set(a.task, Wanted { desired, spec, spec_error, report: true, remove_volumes: a.remove_volumes });
         }
         for id in message.removed {
@@ -1025,18 +1025,25 @@ fn engine_reason(e: &EngineError) -> String {
     }
 }
 
-fn decode_spec(a: &pb::Assignment) -> (Option<Arc<TaskSpec>>, Option<String>) {
-    if a.spec_format == TaskSpec::FORMAT {
-        match serde_json::from_slice::<TaskSpec>(&a.spec) {
-            Ok(spec) => (Some(Arc::new(spec)), None),
-            Err(e) => (None, Some(format!("the task's container spec does not decode: {e}"))),
-        }
+fn decode_spec(a: &pb::Assignment, node_id: &str) -> (Option<Arc<TaskSpec>>, Option<String>) {
+    let decode = || {
+        serde_json::from_slice::<TaskSpec>(&a.spec)
+            .map_err(|e| format!("the task's container spec does not decode: {e}"))
+    };
+    let decoded = if a.spec_format == TaskSpec::FORMAT {
+        decode()
+    } else if a.spec_format == TaskSpec::SHARED_FORMAT {
+        decode().and_then(|spec| spec.for_task(a.task, a.slot, node_id))
     } else if a.spec_format == SPEC_ERROR_FORMAT {
-        (None, Some(String::from_utf8_lossy(&a.spec).into_owned()))
+        Err(String::from_utf8_lossy(&a.spec).into_owned())
     } else if a.spec_format.is_empty() {
-        (None, None)
+        return (None, None);
     } else {
-        (None, Some(format!("this agent cannot read container specs in format {:?}", a.spec_format)))
+        Err(format!("this agent cannot read container specs in format {:?}", a.spec_format))
+    };
+    match decoded {
+        Ok(spec) => (Some(Arc::new(spec)), None),
+        Err(reason) => (None, Some(reason)),
     }
 }
 
@@ -1213,6 +1220,36 @@ mod core_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_spec_is_made_the_tasks_own_and_a_plain_one_is_taken_as_it_is() {
+        use crate::spec::{ContainerSpec, NetworkSpec, TaskIdentity};
+        let identity = TaskIdentity { project: "p".into(), service: "web".into(), ..TaskIdentity::default() };
+        let shared = TaskSpec {
+            networks: vec![NetworkSpec { name: "p_default".into(), ..NetworkSpec::default() }],
+            container: ContainerSpec::new(identity, "x"),
+            ..TaskSpec::default()
+        };
+        let json = serde_json::to_vec(&shared).expect("encodes");
+        let assignment = |format: &str| pb::Assignment {
+            task: 7,
+            slot: 3,
+            spec_format: format.into(),
+            spec: json.clone().into(),
+            ..pb::Assignment::default()
+        };
+        let (spec, error) = decode_spec(&assignment(TaskSpec::SHARED_FORMAT), "n1");
+        assert_eq!(error, None);
+        let spec = spec.expect("decoded");
+        let id = &spec.container.identity;
+        assert_eq!((id.task_id.as_str(), id.container_number, id.node_id.as_str()), ("7", 3, "n1"));
+        assert_eq!(spec.networks[0].node_id, "n1");
+
+        let (plain, _) = decode_spec(&assignment(TaskSpec::FORMAT), "n1");
+        assert_eq!(plain.expect("decoded").container.identity.task_id, "", "a full spec is not touched");
+        let (none, error) = decode_spec(&assignment("shoal.taskspec.v9"), "n1");
+        assert!(none.is_none() && error.is_some_and(|e| e.contains("cannot read container specs")));
+    }
 
     fn wanted(desired: Desired) -> Wanted {
         Wanted { desired, spec: None, spec_error: None, report: true, remove_volumes: false }

@@ -421,6 +421,44 @@ pub struct TaskSpec {
 impl TaskSpec {
     /// `Assignment.spec_format` of a JSON-encoded `TaskSpec`.
     pub const FORMAT: &'static str = "shoal.taskspec.v1+json";
+
+    /// `Assignment.spec_format` of a spec shared by every task of a service version: the same
+    /// JSON with what is the task's own left empty (its id, its replica number, the node it runs
+    /// on), which the agent fills in from the assignment and itself ([`TaskSpec::for_task`]).
+    /// The manager then keeps and sends one spec per service instead of one per task.
+    pub const SHARED_FORMAT: &'static str = "shoal.taskspec-shared.v1+json";
+
+    /// A shared spec ([`TaskSpec::SHARED_FORMAT`]) made this task's: task `task`, replica `slot`
+    /// (1-based), on node `node_id`. Fails on a replica number too large for a container number.
+    pub fn for_task(mut self, task: u64, slot: u64, node_id: &str) -> Result<TaskSpec, String> {
+        let identity = &mut self.container.identity;
+        identity.task_id = task.to_string();
+        identity.container_number = u32::try_from(slot.max(1))
+            .map_err(|_| format!("task {task} has replica number {slot}, more than a container number can hold"))?;
+        identity.node_id = node_id.to_string();
+        for network in &mut self.networks {
+            network.node_id = node_id.to_string();
+        }
+        for volume in &mut self.volumes {
+            volume.node_id = node_id.to_string();
+        }
+        Ok(self)
+    }
+
+    /// The shared form of a task's spec: what [`TaskSpec::for_task`] fills in, emptied.
+    pub fn shared(mut self) -> TaskSpec {
+        let identity = &mut self.container.identity;
+        identity.task_id = String::new();
+        identity.container_number = 0;
+        identity.node_id = String::new();
+        for network in &mut self.networks {
+            network.node_id = String::new();
+        }
+        for volume in &mut self.volumes {
+            volume.node_id = String::new();
+        }
+        self
+    }
 }
 
 #[cfg(test)]

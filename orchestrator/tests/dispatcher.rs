@@ -13,7 +13,7 @@ use shoal_agent::session::{run_agent, AgentConfig, AgentError};
 use shoal_agent::TaskSpec;
 use shoal_orchestrator::compose::loader::{load_in_memory, LoadOptions};
 use shoal_orchestrator::compose::model::Project;
-use shoal_orchestrator::dispatcher::server::{DispatcherConfig, DispatcherService, SPEC_FORMAT};
+use shoal_orchestrator::dispatcher::server::{DispatcherConfig, DispatcherService, SHARED_SPEC_FORMAT};
 use shoal_orchestrator::dispatcher::taskspec::config_hash;
 use shoal_orchestrator::manager::cluster::now;
 use shoal_orchestrator::manager::machine::ClusterMachine;
@@ -445,8 +445,10 @@ async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
     assert_eq!(next.changed.len(), 1);
     let assignment = &next.changed[0];
     assert_eq!(assignment.desired, pb::DesiredState::Running as i32);
-    assert_eq!(assignment.spec_format, SPEC_FORMAT);
+    // A replica's spec is its service's, shared; the agent makes it the task's own.
+    assert_eq!(assignment.spec_format, SHARED_SPEC_FORMAT);
     let spec: TaskSpec = serde_json::from_slice(&assignment.spec).expect("the spec decodes as the agent's TaskSpec");
+    let spec = spec.for_task(assignment.task, assignment.slot, &node_id).expect("a replica number that fits");
     assert_eq!(spec.container.identity.task_id, assignment.task.to_string());
     assert_eq!(spec.container.identity.node_id, node_id);
     assert_eq!(spec.image.reference(), "shoal-test/web");

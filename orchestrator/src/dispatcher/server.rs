@@ -38,6 +38,9 @@ use crate::wire;
 
 /// `Assignment.spec_format` of a JSON [`TaskSpec`].
 pub const SPEC_FORMAT: &str = TaskSpec::FORMAT;
+/// `Assignment.spec_format` of a JSON [`TaskSpec`] shared by a service's replicas: the agent
+/// fills in the task's id, replica number and node ([`TaskSpec::for_task`]).
+pub const SHARED_SPEC_FORMAT: &str = TaskSpec::SHARED_FORMAT;
 /// `Assignment.spec_format` when the manager could not build the spec: `spec` is the reason, which
 /// the agent reports as the task's failure.
 pub const SPEC_ERROR_FORMAT: &str = shoal_agent::session::SPEC_ERROR_FORMAT;

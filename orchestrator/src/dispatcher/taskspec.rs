@@ -96,6 +96,32 @@ pub fn task_spec_with(
     task_spec_hashed(project, service_name, service, &hash, task, node_id, resolve, options)
 }
 
+/// The spec every replica of `task`'s service shares ([`TaskSpec::SHARED_FORMAT`]: the task's
+/// id, replica number and node left for the agent to fill in with [`TaskSpec::for_task`]), or
+/// `None` when there is none: the spec names another service's container (`network_mode:
+/// service:x`, which depends on the node), or it does not build (each task's own build then says
+/// why). Global tasks (slot 0) have their node in their container name: never shared.
+pub fn shared_task_spec(
+    project: &Project,
+    service_name: &str,
+    service: &Service,
+    config_hash: &str,
+    task: &Task,
+    options: TaskSpecOptions,
+) -> Option<TaskSpec> {
+    if task.slot == 0 {
+        return None;
+    }
+    let depends_on_node = std::cell::Cell::new(false);
+    let resolve = |_: &str| {
+        depends_on_node.set(true);
+        None
+    };
+    let any = Task { id: 0, slot: 1, node: None, ..task.clone() };
+    let spec = task_spec_hashed(project, service_name, service, config_hash, &any, "", &resolve, options);
+    spec.ok().filter(|_| !depends_on_node.get()).map(TaskSpec::shared)
+}
+
 /// [`task_spec_with`] given the service's [`config_hash`], which costs a JSON rendering and a
 /// SHA-256 of the whole service: the dispatcher computes it once per service version rather
 /// than once per task.

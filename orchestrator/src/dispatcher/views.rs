@@ -13,13 +13,14 @@ use bytes::Bytes;
 use shoal_proto::v1 as pb;
 use tokio::sync::watch;
 
-use super::server::{SPEC_ERROR_FORMAT, SPEC_FORMAT};
-use super::taskspec::{config_hash, task_spec_hashed, TaskSpecOptions};
+use super::server::{SHARED_SPEC_FORMAT, SPEC_ERROR_FORMAT, SPEC_FORMAT};
+use super::taskspec::{config_hash, shared_task_spec, task_spec_hashed, TaskSpecOptions};
 use crate::store::state::{
     ClusterState, DesiredState, Millis, NodeId, NodeStatus, NodesRevision, ServiceId, Task, TaskId, TaskState,
 };
 use crate::store::tasks::{Changes, Cursor};
 use crate::wire;
+use shoal_agent::spec::TaskSpec;
 
 /// One node's assignments. An unchanged assignment keeps its pointer, so sessions tell changes
 /// by pointer.
@@ -140,6 +141,10 @@ pub struct ViewBuilder {
     /// Tasks whose spec could not be built: tried again at every build (a `service:x` network
     /// mode resolves once x has a task).
     retry: HashSet<TaskId>,
+    /// Each service's spec shared by its replicated tasks ([`SHARED_SPEC_FORMAT`]), for the key
+    /// it was built for; `None`: its specs are built per task (they depend on the node, as
+    /// `network_mode: service:x` does, or they do not build and each task says why).
+    shared: HashMap<ServiceId, (ServiceKey, Option<Bytes>)>,
 }
 
 impl ViewBuilder {
@@ -152,6 +157,7 @@ impl ViewBuilder {
             nodes: HashMap::new(),
             hashes: HashMap::new(),
             retry: HashSet::new(),
+            shared: HashMap::new(),
         }
     }
 
@@ -310,6 +316,43 @@ impl ViewBuilder {
                 hash
             }
         };
+        // A stopping stack's `down -t`: the stop timeout given for the removal wins.
+        let finish = |mut spec: TaskSpec| {
+            if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
+                spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
+            }
+            spec
+        };
+        // A replica's spec is its service's but for the task's id, replica number and node,
+        // which the agent fills in: one spec per service version, kept and sent by reference,
+        // instead of one per task (100,000 tasks: ≈60 MiB of specs, and as many JSON encodings).
+        if task.slot != 0 {
+            if let Some(full) = service_key(state, &task.service) {
+                let shared = match self.shared.get(&task.service).filter(|(k, _)| *k == full) {
+                    Some((_, shared)) => shared.clone(),
+                    None => {
+                        let shared = shared_task_spec(
+                            &stack.project,
+                            &task.service.service,
+                            &service.spec,
+                            &hash,
+                            task,
+                            self.options,
+                        )
+                        .map(|spec| {
+                            let json = serde_json::to_vec(&finish(spec)).unwrap_or_default();
+                            Bytes::from(json.into_boxed_slice())
+                        });
+                        let shared = shared.filter(|json| !json.is_empty());
+                        self.shared.insert(task.service.clone(), (full, shared.clone()));
+                        shared
+                    }
+                };
+                if let Some(json) = shared {
+                    return (SHARED_SPEC_FORMAT, json, true);
+                }
+            }
+        }
         let built = task_spec_hashed(
             &stack.project,
             &task.service.service,
@@ -321,13 +364,7 @@ impl ViewBuilder {
             self.options,
         )
         .map_err(|e| e.to_string())
-        .map(|mut spec| {
-            // `down -t`: the stop timeout given for the removal wins.
-            if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
-                spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
-            }
-            spec
-        })
+        .map(finish)
         .and_then(|spec| serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}")));
         match built {
             // Exactly as long as the spec: the encoder's spare capacity would stay with it.
@@ -495,5 +532,33 @@ mod tests {
         });
         builder.build(&restored);
         assert_same_as_fresh(&builder, &restored);
+    }
+
+    #[test]
+    fn replicas_share_one_spec_and_a_new_service_version_gets_a_new_one() {
+        let mut state = state_with(&["a", "b", "c"], &[("web", "image: x", 6)]);
+        converge(&mut state, 0);
+        let mut builder = ViewBuilder::new(OPTIONS);
+        builder.build(&state);
+        let specs: Vec<Arc<pb::Assignment>> = builder.nodes.values().flat_map(|n| n.values()).cloned().collect();
+        assert_eq!(specs.len(), 6);
+        assert!(specs.iter().all(|a| a.spec_format == SHARED_SPEC_FORMAT));
+        assert!(specs.iter().all(|a| a.spec.as_ptr() == specs[0].spec.as_ptr()), "one spec, kept once");
+
+        // A changed service: its replacements get a spec of the new version.
+        deploy_changed(&mut state);
+        converge(&mut state, 1);
+        builder.build(&state);
+        assert_same_as_fresh(&builder, &state);
+        let versions: BTreeSet<*const u8> =
+            builder.nodes.values().flat_map(|n| n.values()).map(|a| a.spec.as_ptr()).collect();
+        assert!(versions.len() <= 2, "at most one spec per service version: {versions:?}");
+        let new = builder.nodes.values().flat_map(|n| n.values()).find(|a| a.spec.as_ptr() != specs[0].spec.as_ptr());
+        let new = new.expect("the replacements have the new version's spec");
+        assert!(String::from_utf8_lossy(&new.spec).contains("\"y"), "{:?}", new.spec);
+    }
+
+    fn deploy_changed(state: &mut ClusterState) {
+        crate::scheduler::tests::deploy(state, &[("web", "image: y", 6)]);
     }
 }

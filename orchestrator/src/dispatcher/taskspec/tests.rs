@@ -929,3 +929,58 @@ fn a_precomputed_config_hash_gives_the_same_spec() {
     );
     assert_eq!(computed.expect("builds"), given.expect("builds"));
 }
+
+#[test]
+fn a_shared_spec_made_a_tasks_own_is_the_spec_built_for_that_task() {
+    let project = load(RICH);
+    let mut shared_services = 0;
+    for (name, svc) in &project.services {
+        let hash = hash(&project, name);
+        let options = TaskSpecOptions::default();
+        let shared = shared_task_spec(&project, name, svc, &hash, &task(&project, name, 1), options);
+        // As the agent gets it: through JSON.
+        let shared = shared.map(|spec| {
+            let json = serde_json::to_vec(&spec).expect("encodes");
+            serde_json::from_slice::<TaskSpec>(&json).expect("decodes")
+        });
+        for slot in [1, 3, 250] {
+            let t = Task { id: 1000 + slot, ..task(&project, name, slot) };
+            let own = task_spec_hashed(&project, name, svc, &hash, &t, "n9", &no_resolve, options);
+            match (&shared, own) {
+                (Some(shared), Ok(own)) => {
+                    assert_eq!(shared.clone().for_task(t.id, slot, "n9"), Ok(own), "{name} slot {slot}");
+                }
+                (Some(_), Err(e)) => panic!("{name}: shared, but its own spec fails: {e}"),
+                (None, own) => assert!(
+                    own.is_err() || svc.network_mode.as_deref().is_some_and(|m| m.starts_with("service:")),
+                    "{name}: not shared without a reason"
+                ),
+            }
+        }
+        shared_services += usize::from(shared.is_some());
+    }
+    assert!(shared_services > 0, "the rich example has replicated services");
+}
+
+#[test]
+fn specs_that_depend_on_the_node_are_not_shared() {
+    let project = load(
+        "name: shop\nservices:\n  vpn: {image: vpn}\n  app: {image: x, network_mode: 'service:vpn'}\n  g: {image: x, deploy: {mode: global}}\n",
+    );
+    let options = TaskSpecOptions::default();
+    let app = &project.services["app"];
+    assert!(
+        shared_task_spec(&project, "app", app, &hash(&project, "app"), &task(&project, "app", 1), options).is_none()
+    );
+    let g = &project.services["g"];
+    assert!(shared_task_spec(&project, "g", g, &hash(&project, "g"), &task(&project, "g", 0), options).is_none());
+    let vpn = &project.services["vpn"];
+    let shared = shared_task_spec(&project, "vpn", vpn, &hash(&project, "vpn"), &task(&project, "vpn", 1), options)
+        .expect("a plain replicated service is shared");
+    assert_eq!((shared.container.identity.task_id.as_str(), shared.container.identity.node_id.as_str()), ("", ""));
+    assert!(shared.networks.iter().all(|n| n.node_id.is_empty()));
+    assert_eq!(
+        shared.for_task(7, u64::from(u32::MAX) + 1, "n").map(drop),
+        Err(format!("task 7 has replica number {}, more than a container number can hold", u64::from(u32::MAX) + 1))
+    );
+}
