@@ -524,8 +524,8 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
     })
 }
 
-/// Sends one node its complete set, then a diff after every change of its assignments.
-/// One agent session's messages, made when the stream is asked for the next one: no task and
+/// One agent session's messages: the node's complete set, then a diff after every change of its
+/// assignments. Each is made when the stream is asked for the next one: no task and
 /// no queue of its own per session (10,000 sessions kept ≈3 KiB each in those), and an agent that
 /// reads slowly gets one diff of everything that changed meanwhile instead of a queue of them.
 /// Dropping it (the agent went away, the server stops) ends the session.
