@@ -169,7 +169,10 @@ fn main() {
             std::process::exit(1);
         }
     }
-    let (nodes, tasks) = if bench_mode { (10_000, 100_000) } else { (100, 1_000) };
+    // SHOAL_BENCH_STEADY_TASKS: the steady state's size (default 100,000), e.g. 1,000,000 to see
+    // what a round costs at the 1,000,000-task target.
+    let steady_tasks = std::env::var("SHOAL_BENCH_STEADY_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let (nodes, tasks) = if bench_mode { (10_000, steady_tasks) } else { (100, 1_000) };
     if let Err(e) = steady(nodes, tasks, if bench_mode { iterations } else { 1 }) {
         eprintln!("scheduler bench failed: {e}");
         std::process::exit(1);
