@@ -59,8 +59,18 @@ struct TasksByService<'a> {
 impl<'a> TasksByService<'a> {
     fn new(state: &'a ClusterState) -> Self {
         let mut tasks: HashMap<&ServiceId, Vec<&Task>> = HashMap::with_capacity(state.services.len());
+        // Tasks of one service mostly follow each other (a deploy creates them together): a run
+        // of them is collected before it is filed, one hash lookup per run instead of per task.
+        let mut run: Vec<&Task> = Vec::new();
         for task in state.tasks.values() {
-            tasks.entry(&task.service).or_default().push(task);
+            if run.first().is_some_and(|first| first.service != task.service) {
+                let first = run[0];
+                tasks.entry(&first.service).or_default().append(&mut run);
+            }
+            run.push(task);
+        }
+        if let Some(first) = run.first().copied() {
+            tasks.entry(&first.service).or_default().append(&mut run);
         }
         TasksByService { tasks }
     }
@@ -115,6 +125,10 @@ impl Plan {
 
 /// Tasks placed on a node that is down will never report again.
 fn orphan_tasks_of_down_nodes(state: &ClusterState, plan: &mut Plan) {
+    // Usually no node is down: then no task needs its node looked up.
+    if state.nodes.values().all(|n| n.status != NodeStatus::Down) {
+        return;
+    }
     for task in state.tasks.values() {
         let Some(node) = task.node.as_ref().and_then(|n| state.nodes.get(n)) else { continue };
         if node.status == NodeStatus::Down && task.state.is_active() {
@@ -133,32 +147,39 @@ fn is_outdated(task: &Task, service: &ServiceRecord) -> bool {
 }
 
 fn reconcile_replicated(state: &ClusterState, all: &TasksByService, service: &ServiceRecord, plan: &mut Plan) {
-    let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
     // Start-first replacements (rebalancing moves) are extra containers of replicas that still
     // run: not counted, not restarted here; `scheduler::rebalance` sees them through.
     let mut surge_slots: BTreeSet<u64> = BTreeSet::new();
+    let mut wanted_tasks: Vec<&Task> = Vec::new();
     for task in all.of(&service.id).filter(|t| is_wanted(t)) {
         if state.is_surge(task) {
             surge_slots.insert(task.slot);
         } else {
-            slots.entry(task.slot).or_default().push(task);
+            wanted_tasks.push(task);
         }
     }
+    // The tasks grouped by slot, slots ascending, each slot's tasks in id order: one sort
+    // instead of a map of vectors (at 1,000,000 tasks, a million small allocations per round).
+    wanted_tasks.sort_by_key(|t| (t.slot, t.id));
+    let mut slots: Vec<(u64, &[&Task])> =
+        wanted_tasks.chunk_by(|a, b| a.slot == b.slot).map(|g| (g[0].slot, g)).collect();
     // Slot 0 is left over from global mode.
-    for task in slots.remove(&0).unwrap_or_default() {
-        plan.remove.insert(task.id);
+    if slots.first().is_some_and(|(slot, _)| *slot == 0) {
+        plan.remove.extend(slots.remove(0).1.iter().map(|t| t.id));
     }
     // Scaling down removes the highest slots first. Slots need not be 1..=replicas: a finished
     // move leaves its replica in the slot its replacement took.
     let wanted = usize::try_from(service.replicas).unwrap_or(usize::MAX);
     while slots.len() > wanted {
-        for task in slots.pop_last().map(|(_, tasks)| tasks).unwrap_or_default() {
-            plan.remove.insert(task.id);
+        if let Some((_, tasks)) = slots.pop() {
+            plan.remove.extend(tasks.iter().map(|t| t.id));
         }
     }
     let policy = RestartPolicy::of(&service.spec);
+    // Usually no node is drained: then no slot needs its node looked up.
+    let any_drained = state.nodes.values().any(|n| n.availability == Availability::Drain);
     for (slot, tasks) in &slots {
-        if let Some(task) = on_drained_node(state, tasks) {
+        if let Some(task) = any_drained.then(|| on_drained_node(state, tasks)).flatten() {
             // Drain: the replica moves. Its replacement keeps the slot (and so the container
             // name): the scheduler places it once this container is gone.
             plan.remove.extend(tasks.iter().map(|t| t.id));
@@ -174,7 +195,8 @@ fn reconcile_replicated(state: &ClusterState, all: &TasksByService, service: &Se
         reconcile_slot(service, &policy, *slot, None, tasks, plan);
     }
     // Scaling up fills the lowest free slots.
-    let free = (1..).filter(|s| !slots.contains_key(s) && !surge_slots.contains(s));
+    let taken = |s: &u64| slots.binary_search_by_key(s, |(slot, _)| *slot).is_ok();
+    let free = (1..).filter(|s| !taken(s) && !surge_slots.contains(s));
     for slot in free.take(wanted.saturating_sub(slots.len())) {
         reconcile_slot(service, &policy, slot, None, &[], plan);
     }

@@ -33,15 +33,19 @@ use view::View;
 
 /// Assignments for the tasks that can be placed now, and updated reasons for those that cannot.
 pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
+    let mut pending: Vec<&Task> =
+        state.tasks.values().filter(|t| t.state == TaskState::Pending && t.desired == DesiredState::Running).collect();
+    // Nothing to place (the usual round once a cluster has settled): the nodes' loads and the
+    // containers' holders are not worked out — at 1,000,000 tasks they are most of a round.
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    pending.sort_by(|a, b| (&a.service, a.slot, a.id).cmp(&(&b.service, b.slot, b.id)));
     let mut view = View::new(state);
     let holders = ContainerHolders::new(state);
     let mut assignments: Vec<(TaskId, NodeId)> = Vec::new();
     let mut messages: Vec<(TaskId, String)> = Vec::new();
     let mut unplaceable: Vec<TaskId> = Vec::new();
-
-    let mut pending: Vec<&Task> =
-        state.tasks.values().filter(|t| t.state == TaskState::Pending && t.desired == DesiredState::Running).collect();
-    pending.sort_by(|a, b| (&a.service, a.slot, a.id).cmp(&(&b.service, b.slot, b.id)));
 
     // Pending tasks come grouped by service: what is worked out for a service is kept until the
     // next one starts.
