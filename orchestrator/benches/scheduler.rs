@@ -9,7 +9,8 @@
 //! The steady case times what the leader does over and over once a large deploy is placed: a
 //! whole orchestration round (reconcile, schedule, rebalance) over 100,000 placed tasks on 10,000
 //! nodes with nothing to decide, and a copy of that state (what a round works on, so that it
-//! does not hold the state's lock, which the raft thread needs to apply).
+//! does not hold the state's lock, which the raft thread needs to apply). Then a tenth of the
+//! nodes go down, and it times the scheduler placing their tasks' replacements.
 //!
 //! Run with `cargo bench -p shoal-orchestrator --bench scheduler`. Without `--bench` on the
 //! command line (as `cargo test --all-targets` runs it) it schedules a small cluster once.
@@ -154,6 +155,29 @@ fn steady(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
         "  steady: {tasks} placed tasks on {nodes} nodes: a round {:.1} ms, a copy of the state {:.1} ms",
         round.as_secs_f64() * 1e3,
         copy.as_secs_f64() * 1e3
+    );
+    // A tenth of the nodes lost: the round that places their tasks' replacements elsewhere.
+    let lost: Vec<String> = state.nodes.keys().take(nodes / 10).cloned().collect();
+    for node in &lost {
+        state.apply(Command::SetNodeStatus {
+            node: node.clone(),
+            status: NodeStatus::Down,
+            message: String::new(),
+            at: 1,
+        });
+    }
+    for _ in 0..2 {
+        // Orphaned first, replaced in the next round.
+        for command in reconcile(&state, 1) {
+            state.apply(command);
+        }
+    }
+    let pending = state.tasks.values().filter(|t| t.node.is_none()).count();
+    let placing = median_of(iterations, || schedule(&state, 1));
+    println!(
+        "  {} of {nodes} nodes lost: placing their {pending} tasks elsewhere takes {:.1} ms",
+        lost.len(),
+        placing.as_secs_f64() * 1e3
     );
     Ok(())
 }
