@@ -430,32 +430,28 @@ impl TaskSpec {
 
     /// A shared spec ([`TaskSpec::SHARED_FORMAT`]) made this task's: task `task`, replica `slot`
     /// (1-based), on node `node_id`. Fails on a replica number too large for a container number.
-    pub fn for_task(mut self, task: u64, slot: u64, node_id: &str) -> Result<TaskSpec, String> {
-        let identity = &mut self.container.identity;
-        identity.task_id = task.to_string();
-        identity.container_number = u32::try_from(slot.max(1))
+    pub fn for_task(self, task: u64, slot: u64, node_id: &str) -> Result<TaskSpec, String> {
+        let number = u32::try_from(slot.max(1))
             .map_err(|_| format!("task {task} has replica number {slot}, more than a container number can hold"))?;
+        Ok(self.with_task_fields(task.to_string(), number, node_id))
+    }
+
+    /// The shared form of a task's spec: what [`TaskSpec::for_task`] fills in, emptied.
+    pub fn shared(self) -> TaskSpec {
+        self.with_task_fields(String::new(), 0, "")
+    }
+
+    /// Every field that is the task's own rather than its service's, set.
+    fn with_task_fields(mut self, task_id: String, container_number: u32, node_id: &str) -> TaskSpec {
+        let identity = &mut self.container.identity;
+        identity.task_id = task_id;
+        identity.container_number = container_number;
         identity.node_id = node_id.to_string();
         for network in &mut self.networks {
             network.node_id = node_id.to_string();
         }
         for volume in &mut self.volumes {
             volume.node_id = node_id.to_string();
-        }
-        Ok(self)
-    }
-
-    /// The shared form of a task's spec: what [`TaskSpec::for_task`] fills in, emptied.
-    pub fn shared(mut self) -> TaskSpec {
-        let identity = &mut self.container.identity;
-        identity.task_id = String::new();
-        identity.container_number = 0;
-        identity.node_id = String::new();
-        for network in &mut self.networks {
-            network.node_id = String::new();
-        }
-        for volume in &mut self.volumes {
-            volume.node_id = String::new();
         }
         self
     }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::server::{SHARED_SPEC_FORMAT, SPEC_ERROR_FORMAT, SPEC_FORMAT};
 use super::taskspec::{config_hash, shared_task_spec, task_spec_hashed, TaskSpecOptions};
 use crate::store::state::{
-    ClusterState, DesiredState, Millis, NodeId, NodeStatus, NodesRevision, ServiceId, Task, TaskId, TaskState,
+    ClusterState, DesiredState, Millis, NodeId, NodeStatus, NodesRevision, ServiceId, Stack, Task, TaskId, TaskState,
 };
 use crate::store::tasks::{Changes, Cursor};
 use crate::wire;
@@ -136,15 +136,23 @@ pub struct ViewBuilder {
     services: HashMap<ServiceId, ServiceKey>,
     built: HashMap<TaskId, Built>,
     nodes: HashMap<NodeId, Arc<NodeAssignments>>,
-    /// Each service's config hash, for the spec key it was computed for.
-    hashes: HashMap<ServiceId, (SpecKey, Arc<str>)>,
+    /// What each service's specs are made from, for the spec key it was worked out for.
+    specs: HashMap<ServiceId, ServiceSpecs>,
     /// Tasks whose spec could not be built: tried again at every build (a `service:x` network
     /// mode resolves once x has a task).
     retry: HashSet<TaskId>,
-    /// Each service's spec shared by its replicated tasks ([`SHARED_SPEC_FORMAT`]), for the key
-    /// it was built for; `None`: its specs are built per task (they depend on the node, as
-    /// `network_mode: service:x` does, or they do not build and each task says why).
-    shared: HashMap<ServiceId, (ServiceKey, Option<Bytes>)>,
+}
+
+/// What a service's task specs are made from, worked out once per spec key.
+struct ServiceSpecs {
+    key: SpecKey,
+    /// The service's config hash (a JSON rendering and a SHA-256 of the whole service).
+    hash: Arc<str>,
+    /// The spec its replicas share ([`SHARED_SPEC_FORMAT`]): one per service version, kept and
+    /// sent by reference instead of one per task (100,000 tasks: ≈60 MiB of specs, and as many
+    /// JSON encodings). `None`: built per task (they depend on the node, as `network_mode:
+    /// service:x` does, or they do not build and each task says why).
+    shared: Option<Bytes>,
 }
 
 impl ViewBuilder {
@@ -155,9 +163,8 @@ impl ViewBuilder {
             services: HashMap::new(),
             built: HashMap::new(),
             nodes: HashMap::new(),
-            hashes: HashMap::new(),
+            specs: HashMap::new(),
             retry: HashSet::new(),
-            shared: HashMap::new(),
         }
     }
 
@@ -190,7 +197,7 @@ impl ViewBuilder {
             Changes::Everything => {
                 self.services =
                     state.services.keys().filter_map(|id| Some((id.clone(), service_key(state, id)?))).collect();
-                self.hashes.retain(|id, _| state.services.contains_key(id));
+                self.specs.retain(|id, _| state.services.contains_key(id));
                 let ids: BTreeSet<TaskId> = state.tasks.keys().chain(self.built.keys()).copied().collect();
                 for id in ids {
                     self.update(state, id, &mut touched);
@@ -307,52 +314,22 @@ impl ViewBuilder {
             return ("", Bytes::new(), true);
         };
         let key = SpecKey { service_version: service.version, stack_updated_at: stack.updated_at };
-        let resolve = |name: &str| resolve_service_container(state, &task.service.stack, name, node);
-        let hash = match self.hashes.get(&task.service).filter(|(k, _)| *k == key) {
-            Some((_, hash)) => hash.clone(),
-            None => {
-                let hash: Arc<str> = config_hash(&stack.project, &task.service.service, &service.spec).into();
-                self.hashes.insert(task.service.clone(), (key, hash.clone()));
-                hash
-            }
-        };
-        // A stopping stack's `down -t`: the stop timeout given for the removal wins.
-        let finish = |mut spec: TaskSpec| {
-            if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
-                spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
-            }
-            spec
-        };
-        // A replica's spec is its service's but for the task's id, replica number and node,
-        // which the agent fills in: one spec per service version, kept and sent by reference,
-        // instead of one per task (100,000 tasks: ≈60 MiB of specs, and as many JSON encodings).
-        if task.slot != 0 {
-            if let Some(full) = service_key(state, &task.service) {
-                let shared = match self.shared.get(&task.service).filter(|(k, _)| *k == full) {
-                    Some((_, shared)) => shared.clone(),
-                    None => {
-                        let shared = shared_task_spec(
-                            &stack.project,
-                            &task.service.service,
-                            &service.spec,
-                            &hash,
-                            task,
-                            self.options,
-                        )
-                        .map(|spec| {
-                            let json = serde_json::to_vec(&finish(spec)).unwrap_or_default();
-                            Bytes::from(json.into_boxed_slice())
-                        });
-                        let shared = shared.filter(|json| !json.is_empty());
-                        self.shared.insert(task.service.clone(), (full, shared.clone()));
-                        shared
-                    }
-                };
-                if let Some(json) = shared {
-                    return (SHARED_SPEC_FORMAT, json, true);
-                }
-            }
+        if self.specs.get(&task.service).is_none_or(|specs| specs.key != key) {
+            let hash: Arc<str> = config_hash(&stack.project, &task.service.service, &service.spec).into();
+            let shared =
+                shared_task_spec(&stack.project, &task.service.service, &service.spec, &hash, task, self.options)
+                    .and_then(|spec| serde_json::to_vec(&with_stop_timeout(stack, spec)).ok())
+                    .map(|json| Bytes::from(json.into_boxed_slice()));
+            self.specs.insert(task.service.clone(), ServiceSpecs { key, hash, shared });
         }
+        let Some(specs) = self.specs.get(&task.service) else {
+            return ("", Bytes::new(), true);
+        };
+        if let Some(json) = specs.shared.as_ref().filter(|_| task.slot != 0) {
+            return (SHARED_SPEC_FORMAT, json.clone(), true);
+        }
+        let hash = specs.hash.clone();
+        let resolve = |name: &str| resolve_service_container(state, &task.service.stack, name, node);
         let built = task_spec_hashed(
             &stack.project,
             &task.service.service,
@@ -364,7 +341,7 @@ impl ViewBuilder {
             self.options,
         )
         .map_err(|e| e.to_string())
-        .map(finish)
+        .map(|spec| with_stop_timeout(stack, spec))
         .and_then(|spec| serde_json::to_vec(&spec).map_err(|e| format!("cannot encode the container spec: {e}")));
         match built {
             // Exactly as long as the spec: the encoder's spare capacity would stay with it.
@@ -377,6 +354,14 @@ impl ViewBuilder {
             }
         }
     }
+}
+
+/// A stopping stack's `down -t`: the stop timeout given for the removal wins.
+fn with_stop_timeout(stack: &Stack, mut spec: TaskSpec) -> TaskSpec {
+    if let (true, Some(seconds)) = (stack.removing, stack.stop_timeout) {
+        spec.container.stop_grace_period = Some(std::time::Duration::from_secs(seconds.into()));
+    }
+    spec
 }
 
 /// `network_mode: service:x` → the container of x's task on the same node, else of its slot 1.
