@@ -51,24 +51,27 @@ fn node(i: usize) -> Node {
     }
 }
 
-/// `nodes` nodes and one service whose `tasks` replicas are all pending.
-fn cluster(nodes: usize, tasks: u64) -> Result<ClusterState, String> {
+/// `nodes` nodes and `services` services whose `tasks` replicas (in all) are all pending.
+fn cluster(nodes: usize, tasks: u64, services: u64) -> Result<ClusterState, String> {
     let mut state = ClusterState::default();
     for i in 0..nodes {
         state.apply(Command::RegisterNode { node: Box::new(node(i)) });
     }
-    let spec = serde_yaml::from_str(SPEC).map_err(|e| format!("bad spec: {e}"))?;
-    let deployment = ServiceDeployment {
-        name: "web".into(),
-        spec,
-        config_hash: "h".into(),
-        mode: ServiceMode::Replicated,
-        replicas: tasks,
-    };
+    let spec: shoal_orchestrator::compose::model::Service =
+        serde_yaml::from_str(SPEC).map_err(|e| format!("bad spec: {e}"))?;
+    let deployments = (0..services)
+        .map(|i| ServiceDeployment {
+            name: if services == 1 { "web".into() } else { format!("web{i:03}") },
+            spec: spec.clone(),
+            config_hash: format!("h{i}"),
+            mode: ServiceMode::Replicated,
+            replicas: tasks / services + u64::from(i < tasks % services),
+        })
+        .collect();
     let result = state.apply(Command::DeployStack {
         stack: "bench".into(),
         project: Box::default(),
-        services: vec![deployment],
+        services: deployments,
         remove_orphans: false,
         only: Vec::new(),
         recreate: Default::default(),
@@ -100,7 +103,7 @@ fn run_once(state: &ClusterState) -> (Duration, usize) {
 }
 
 fn case(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
-    let state = cluster(nodes, tasks)?;
+    let state = cluster(nodes, tasks, 1)?;
     let (_, placed) = run_once(&state);
     if placed as u64 != tasks {
         return Err(format!("{nodes} nodes: placed {placed} of {tasks} tasks"));
@@ -133,9 +136,10 @@ fn median_of<T>(iterations: usize, mut f: impl FnMut() -> T) -> Duration {
     times[times.len() / 2]
 }
 
-/// A round and a copy of the state, once `tasks` are placed on `nodes` (see the module docs).
-fn steady(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
-    let mut state = cluster(nodes, tasks)?;
+/// A round and a copy of the state, once `tasks` of `services` are placed on `nodes` (see the
+/// module docs).
+fn steady(nodes: usize, tasks: u64, services: u64, iterations: usize) -> Result<(), String> {
+    let mut state = cluster(nodes, tasks, services)?;
     for command in schedule(&state, 0) {
         state.apply(command);
     }
@@ -152,7 +156,7 @@ fn steady(nodes: usize, tasks: u64, iterations: usize) -> Result<(), String> {
     let round = median_of(iterations, round);
     let copy = median_of(iterations, || state.clone());
     println!(
-        "  steady: {tasks} placed tasks on {nodes} nodes: a round {:.1} ms, a copy of the state {:.1} ms",
+        "  steady: {tasks} placed tasks of {services} service(s) on {nodes} nodes: a round {:.1} ms, a copy of the state {:.1} ms",
         round.as_secs_f64() * 1e3,
         copy.as_secs_f64() * 1e3
     );
@@ -197,9 +201,13 @@ fn main() {
     // what a round costs at the 1,000,000-task target.
     let steady_tasks = std::env::var("SHOAL_BENCH_STEADY_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
     let (nodes, tasks) = if bench_mode { (10_000, steady_tasks) } else { (100, 1_000) };
-    if let Err(e) = steady(nodes, tasks, if bench_mode { iterations } else { 1 }) {
-        eprintln!("scheduler bench failed: {e}");
-        std::process::exit(1);
+    // One service, and as many as `scripts/sim` deploys at 100,000 tasks (a round's work per
+    // service shows only with many).
+    for services in [1, 100] {
+        if let Err(e) = steady(nodes, tasks, services, if bench_mode { iterations } else { 1 }) {
+            eprintln!("scheduler bench failed: {e}");
+            std::process::exit(1);
+        }
     }
     if !bench_mode {
         println!("scheduler bench: smoke run ok (pass --bench to measure)");

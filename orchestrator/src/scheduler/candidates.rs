@@ -9,16 +9,17 @@
 
 use std::collections::BTreeMap;
 
-use crate::store::state::{ServiceId, ServiceRecord};
+use crate::store::state::ServiceRecord;
 
 use super::constraints::constraints_of;
 use super::fit::{self, Rejection, Requirements};
 use super::preferences::{path_of, spread_of};
 use super::tree::{LeafSpec, Tree};
-use super::view::View;
+use super::view::{ServiceIndex, View};
 
 pub struct Candidates {
-    pub service: ServiceId,
+    /// The service, as the view numbers it.
+    pub service: ServiceIndex,
     pub requirements: Requirements,
     tree: Tree,
     /// Per node position: why it can never take this service's tasks, if so.
@@ -42,6 +43,8 @@ impl Candidates {
         let constraints = constraints_of(&service.spec).map_err(|e| e.to_string())?;
         let spread = spread_of(&service.spec).map_err(|e| e.to_string())?;
         let requirements = Requirements::of(&service.spec);
+        let index =
+            view.service(&service.id).ok_or_else(|| format!("service {} is not in the snapshot", service.id))?;
         let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
         let mut unfit = Vec::with_capacity(view.nodes.len());
         let mut leaves = Vec::new();
@@ -55,19 +58,19 @@ impl Candidates {
             let load = &view.loads[position];
             let fits = match check {
                 Check::Lazily => Ok(()),
-                Check::Eagerly => requirements.check(node, load, &service.id),
+                Check::Eagerly => requirements.check(node, load, &index),
             };
             let key = match fits {
-                Ok(()) => Some(fit::rank(node, load, &service.id, position)),
+                Ok(()) => Some(fit::rank(node, load, &index, position)),
                 Err(rejection) => {
                     *rejections.entry(rejection).or_default() += 1;
                     None
                 }
             };
-            leaves.push(LeafSpec { position, path: path_of(&spread, node), count: load.of(&service.id), key });
+            leaves.push(LeafSpec { position, path: path_of(&spread, node), count: load.of(&index), key });
         }
         let tree = Tree::build(leaves);
-        Ok(Candidates { service: service.id.clone(), requirements, tree, unfit, rejections })
+        Ok(Candidates { service: index, requirements, tree, unfit, rejections })
     }
 
     /// The best node for one more task, or why there is none.

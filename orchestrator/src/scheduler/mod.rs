@@ -125,7 +125,7 @@ impl ServicePass<'_> {
             }
             None => candidates.next(view)?,
         };
-        view.add(position, &self.service.id, &candidates.requirements);
+        view.add(position, candidates.service, &candidates.requirements);
         candidates.placed(view, position);
         Ok(position)
     }

@@ -17,8 +17,9 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
-/// A rank: lower is better, compared lexicographically.
-pub type Key = Vec<u64>;
+/// A rank: lower is better, compared lexicographically. Inline up to four spread levels (a
+/// node's rank is four numbers, each level puts one in front), so ranking allocates nothing.
+pub type Key = smallvec::SmallVec<[u64; 8]>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Child {
@@ -119,7 +120,7 @@ impl Tree {
     fn group_key(&self, g: usize) -> Option<Key> {
         let group = &self.groups[g];
         group.ranked.first().map(|(best, _)| {
-            let mut key = Vec::with_capacity(best.len() + 1);
+            let mut key = Key::new();
             key.push(group.count);
             key.extend_from_slice(best);
             key
@@ -231,14 +232,19 @@ mod tests {
     use super::*;
 
     fn leaf(position: usize, zone: Option<&str>, count: u64) -> LeafSpec {
-        LeafSpec { position, path: vec![zone.map(str::to_string)], count, key: Some(vec![count, position as u64]) }
+        LeafSpec {
+            position,
+            path: vec![zone.map(str::to_string)],
+            count,
+            key: Some(Key::from_slice(&[count, position as u64])),
+        }
     }
 
     #[test]
     fn picks_the_emptiest_group_then_the_best_node() {
         let mut tree = Tree::build([leaf(0, Some("east"), 1), leaf(1, Some("east"), 0), leaf(2, Some("west"), 2)]);
         assert_eq!(tree.best(), Some(1), "east holds 1 task, west 2");
-        tree.update(1, Some(vec![1, 1]), true);
+        tree.update(1, Some(Key::from_slice(&[1, 1])), true);
         assert_eq!(tree.best(), Some(0), "east and west hold 2: node 0 has 1 task, node 2 has 2");
         tree.update(0, None, false);
         assert_eq!(tree.best(), Some(1), "node 0 is full: east's best is node 1 (1 task, vs node 2's 2)");
