@@ -26,8 +26,7 @@ impl<'a> View<'a> {
     pub fn new(state: &'a ClusterState) -> View<'a> {
         let nodes: Vec<&Node> = state.nodes.values().collect();
         let position: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
-        let services: HashMap<&ServiceId, ServiceIndex> =
-            state.services.keys().zip(0..).map(|(id, index)| (id, index)).collect();
+        let services: HashMap<&ServiceId, ServiceIndex> = state.services.keys().zip(0..).collect();
         let requirements: Vec<Requirements> = state.services.values().map(|s| Requirements::of(&s.spec)).collect();
         let mut view = View { loads: vec![NodeLoad::default(); nodes.len()], nodes, position, services };
         for task in state.tasks.values().filter(|t| t.state.is_active()) {
