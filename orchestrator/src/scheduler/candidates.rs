@@ -8,22 +8,24 @@
 //! picks exactly the node a full scan with the same filters and ranking would.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use crate::store::state::ServiceRecord;
 
 use super::constraints::constraints_of;
 use super::fit::{self, Rejection, Requirements};
-use super::preferences::{path_of, spread_of};
+use super::preferences::spread_of;
 use super::tree::{LeafSpec, Tree};
-use super::view::{ServiceIndex, View};
+use super::view::{ServiceIndex, StaticFit, View};
 
 pub struct Candidates {
     /// The service, as the view numbers it.
     pub service: ServiceIndex,
     pub requirements: Requirements,
     tree: Tree,
-    /// Per node position: why it can never take this service's tasks, if so.
-    unfit: Vec<Option<Rejection>>,
+    /// Per node position: why it can never take this service's tasks, if so (shared by the
+    /// services with the same constraints).
+    fixed: Rc<StaticFit>,
     /// Why nodes were ruled out so far, one entry per node.
     rejections: BTreeMap<Rejection, usize>,
 }
@@ -45,16 +47,15 @@ impl Candidates {
         let requirements = Requirements::of(&service.spec);
         let index =
             view.service(&service.id).ok_or_else(|| format!("service {} is not in the snapshot", service.id))?;
-        let mut rejections: BTreeMap<Rejection, usize> = BTreeMap::new();
-        let mut unfit = Vec::with_capacity(view.nodes.len());
+        let fixed = view.static_fit(&constraints);
+        let mut rejections = fixed.rejections.clone();
+        let groups = view.spread_groups(&spread);
+        let levels = spread.len();
         let mut leaves = Vec::new();
         for (position, node) in view.nodes.iter().enumerate() {
-            if let Err(rejection) = fit::check_node(node, &constraints) {
-                *rejections.entry(rejection.clone()).or_default() += 1;
-                unfit.push(Some(rejection));
+            if fixed.unfit[position].is_some() {
                 continue;
             }
-            unfit.push(None);
             let load = &view.loads[position];
             let fits = match check {
                 Check::Lazily => Ok(()),
@@ -67,10 +68,11 @@ impl Candidates {
                     None
                 }
             };
-            leaves.push(LeafSpec { position, path: path_of(&spread, node), count: load.of(&index), key });
+            let path = &groups[position * levels..(position + 1) * levels];
+            leaves.push(LeafSpec { position, path, count: load.of(&index), key });
         }
         let tree = Tree::build(leaves);
-        Ok(Candidates { service: index, requirements, tree, unfit, rejections })
+        Ok(Candidates { service: index, requirements, tree, fixed, rejections })
     }
 
     /// The best node for one more task, or why there is none.
@@ -91,7 +93,7 @@ impl Candidates {
 
     /// Can one more task go to the node at `position` (a pinned task)?
     pub fn check(&self, view: &View, position: usize) -> Result<(), Rejection> {
-        match &self.unfit[position] {
+        match &self.fixed.unfit[position] {
             Some(rejection) => Err(rejection.clone()),
             None => self.requirements.check(view.nodes[position], &view.loads[position], &self.service),
         }
@@ -99,12 +101,12 @@ impl Candidates {
 
     /// Is the node at `position` ready, active and within the constraints?
     pub fn eligible(&self, position: usize) -> bool {
-        self.unfit.get(position).is_some_and(Option::is_none)
+        self.fixed.unfit.get(position).is_some_and(Option::is_none)
     }
 
     /// A task was placed at `position` and `view` counts it already: re-rank the node.
     pub fn placed(&mut self, view: &View, position: usize) {
-        if self.unfit[position].is_some() {
+        if self.fixed.unfit[position].is_some() {
             return;
         }
         // A node that was ruled out stays out (its rejection is counted once).

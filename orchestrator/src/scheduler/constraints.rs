@@ -17,7 +17,7 @@ use crate::compose::model::Service;
 use crate::store::state::{Node, NodeRole};
 
 /// What a constraint or a spread preference looks at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Attribute {
     Id,
     Hostname,
@@ -82,7 +82,7 @@ pub enum ConstraintError {
     UnknownAttribute { text: String, key: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Constraint {
     /// The attribute as written (for messages).
     pub key: String,

@@ -54,11 +54,11 @@ struct Leaf {
 }
 
 /// A node as the tree is built from it.
-pub struct LeafSpec {
+pub struct LeafSpec<'p> {
     /// The node's position in the view.
     pub position: usize,
-    /// Its group at each preference level (`None`: it lacks the attribute).
-    pub path: Vec<Option<String>>,
+    /// Its group at each preference level, numbered (see `View::spread_groups`).
+    pub path: &'p [u32],
     /// Tasks of the service on it.
     pub count: u64,
     /// Its rank, or `None` if it cannot take a task.
@@ -76,12 +76,12 @@ const ROOT: usize = 0;
 
 impl Tree {
     /// Every spec's path must have the same length (one value per preference).
-    pub fn build(specs: impl IntoIterator<Item = LeafSpec>) -> Tree {
+    pub fn build<'p>(specs: impl IntoIterator<Item = LeafSpec<'p>>) -> Tree {
         let mut tree = Tree { groups: vec![Group::new(None)], leaves: Vec::new(), leaf_at: HashMap::new() };
-        let mut by_value: HashMap<(usize, Option<String>), usize> = HashMap::new();
+        let mut by_value: HashMap<(usize, u32), usize> = HashMap::new();
         for spec in specs {
             let mut group = ROOT;
-            for value in spec.path {
+            for &value in spec.path {
                 group = match by_value.entry((group, value)) {
                     Entry::Occupied(e) => *e.get(),
                     Entry::Vacant(e) => {
@@ -231,13 +231,14 @@ fn replace_entry(set: &mut BTreeSet<(Key, Child)>, old: Option<Key>, new: Option
 mod tests {
     use super::*;
 
-    fn leaf(position: usize, zone: Option<&str>, count: u64) -> LeafSpec {
-        LeafSpec {
-            position,
-            path: vec![zone.map(str::to_string)],
-            count,
-            key: Some(Key::from_slice(&[count, position as u64])),
-        }
+    /// A node in a zone, numbered as the view numbers groups (0: no zone).
+    fn leaf(position: usize, zone: Option<&str>, count: u64) -> LeafSpec<'static> {
+        let path: &'static [u32] = match zone {
+            None => &[0],
+            Some("east") => &[1],
+            Some(_) => &[2],
+        };
+        LeafSpec { position, path, count, key: Some(Key::from_slice(&[count, position as u64])) }
     }
 
     #[test]
