@@ -42,7 +42,7 @@ pub fn schedule(state: &ClusterState, now: Millis) -> Vec<Command> {
     }
     pending.sort_by(|a, b| (&a.service, a.slot, a.id).cmp(&(&b.service, b.slot, b.id)));
     let mut view = View::new(state);
-    let holders = ContainerHolders::new(state);
+    let holders = ContainerHolders::new(state, &pending);
     let mut assignments: Vec<(TaskId, NodeId)> = Vec::new();
     let mut messages: Vec<(TaskId, String)> = Vec::new();
     let mut unplaceable: Vec<TaskId> = Vec::new();
@@ -131,17 +131,22 @@ impl ServicePass<'_> {
     }
 }
 
-/// Tasks that hold a container (placed, not yet removed), by service and slot.
+/// Tasks that hold a container (placed, not yet removed), by service and slot — only for the
+/// slots of the pending tasks (at 100,000 tasks, filing every slot's holders was most of a
+/// round that placed a lost node's few).
 struct ContainerHolders<'a>(HashMap<(&'a ServiceId, u64), Vec<&'a Task>>);
 
 impl<'a> ContainerHolders<'a> {
-    fn new(state: &'a ClusterState) -> Self {
-        let mut holders: HashMap<(&ServiceId, u64), Vec<&Task>> = HashMap::new();
+    fn new(state: &'a ClusterState, pending: &[&'a Task]) -> Self {
+        let mut holders: HashMap<(&ServiceId, u64), Vec<&Task>> =
+            pending.iter().map(|t| ((&t.service, t.slot), Vec::new())).collect();
         let holding = |t: &&Task| {
             t.node.is_some() && !matches!(t.state, TaskState::Pending | TaskState::Removed | TaskState::Orphaned)
         };
         for task in state.tasks.values().filter(holding) {
-            holders.entry((&task.service, task.slot)).or_default().push(task);
+            if let Some(same_slot) = holders.get_mut(&(&task.service, task.slot)) {
+                same_slot.push(task);
+            }
         }
         ContainerHolders(holders)
     }
