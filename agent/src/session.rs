@@ -1119,11 +1119,26 @@ async fn pump_statuses<E: Engine>(core: std::sync::Weak<Core<E>>, mut rx: mpsc::
 }
 
 /// Task statuses waiting to be sent: only the latest per task matters, so a burst of changes
-/// collapses into one update per task.
-#[derive(Default)]
+/// collapses into one update per task. Each status sent carries a sequence number in the order
+/// the statuses were made, so that the manager can ignore one that arrives late (a call that
+/// timed out here, or one of an ended session, may still be applied after a newer one).
 struct Reports {
     state: Mutex<ReportState>,
     wake: Notify,
+    /// The next sequence number: starts from the clock in microseconds, so that an agent that
+    /// restarts numbers its reports after its previous life's.
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Reports {
+    fn default() -> Self {
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_micros());
+        Reports {
+            state: Mutex::default(),
+            wake: Notify::new(),
+            next: std::sync::atomic::AtomicU64::new(u64::try_from(start).unwrap_or(u64::MAX / 2).max(1)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -1145,9 +1160,15 @@ impl Reports {
             return;
         }
         st.latest.insert(status.task, status.clone());
-        st.pending.insert(status.task, status);
+        st.pending.insert(status.task, self.stamped(status));
         drop(st);
         self.wake.notify_one();
+    }
+
+    /// The status with the next sequence number (`latest` keeps them unnumbered, to compare).
+    fn stamped(&self, mut status: pb::TaskStatus) -> pb::TaskStatus {
+        status.sequence = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        status
     }
 
     /// Pushes the status unless it is what was last pushed for its task.
@@ -1197,7 +1218,9 @@ impl Reports {
         let mut st = lock(&self.state);
         let latest: Vec<pb::TaskStatus> = st.latest.values().cloned().collect();
         for s in latest {
-            st.pending.entry(s.task).or_insert(s);
+            // Numbered anew: it is the newest status of its task, also against the copy of it
+            // that may still be on its way from the ended session.
+            st.pending.entry(s.task).or_insert_with(|| self.stamped(s));
         }
         let any = !st.pending.is_empty();
         drop(st);
@@ -1319,18 +1342,28 @@ mod tests {
         reports.push(st(2, pb::TaskState::Removed));
         reports.push(st(2, pb::TaskState::Failed));
         let batch = reports.take(10);
-        assert_eq!(batch, vec![st(1, pb::TaskState::Running), st(2, pb::TaskState::Removed)]);
+        assert_eq!(unnumbered(&batch), vec![st(1, pb::TaskState::Running), st(2, pb::TaskState::Removed)]);
+        assert!(batch[0].sequence > 0 && batch[0].sequence < batch[1].sequence, "numbered as made: {batch:?}");
         reports.restore(batch.clone());
-        assert_eq!(reports.take(1), vec![st(1, pb::TaskState::Running)]);
-        assert_eq!(reports.take(10), vec![st(2, pb::TaskState::Removed)]);
+        let first = reports.take(1);
+        assert_eq!(first, batch[..1], "put back as it was, number included");
+        assert_eq!(unnumbered(&reports.take(10)), vec![st(2, pb::TaskState::Removed)]);
         reports.acked(&batch);
         reports.resend_all();
-        // Task 2 was acknowledged as removed: only task 1 is re-sent.
-        assert_eq!(reports.take(10), vec![st(1, pb::TaskState::Running)]);
+        // Task 2 was acknowledged as removed: only task 1 is re-sent, numbered after all before
+        // (a copy of its earlier report may still be on its way).
+        let resent = reports.take(10);
+        assert_eq!(unnumbered(&resent), vec![st(1, pb::TaskState::Running)]);
+        assert!(resent[0].sequence > batch[1].sequence);
     }
 
     fn st(task: u64, state: pb::TaskState) -> pb::TaskStatus {
         pb::TaskStatus { task, state: state as i32, ..Default::default() }
+    }
+
+    /// The statuses without their sequence numbers.
+    fn unnumbered(statuses: &[pb::TaskStatus]) -> Vec<pb::TaskStatus> {
+        statuses.iter().map(|s| pb::TaskStatus { sequence: 0, ..s.clone() }).collect()
     }
 
     type Call = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SessionError>> + Send>>;
@@ -1368,14 +1401,15 @@ mod tests {
             async move { send_pending(&reports, 10, false, send).await }
         });
         // Sent alone, without waiting for company (the clock is paused: any timer would show).
-        assert_eq!(calls.sent.recv().await, Some(vec![st(1, pb::TaskState::Running)]));
+        assert_eq!(calls.sent.recv().await.map(|b| unnumbered(&b)), Some(vec![st(1, pb::TaskState::Running)]));
         assert_eq!(started.elapsed(), Duration::ZERO);
         // While that call is in flight, a burst gathers (only the latest per task counts).
         reports.push(st(2, pb::TaskState::Starting));
         reports.push(st(3, pb::TaskState::Starting));
         reports.push(st(2, pb::TaskState::Running));
         calls.finish.send(Ok(())).ok();
-        assert_eq!(calls.sent.recv().await, Some(vec![st(2, pb::TaskState::Running), st(3, pb::TaskState::Starting)]));
+        let burst = calls.sent.recv().await.map(|b| unnumbered(&b));
+        assert_eq!(burst, Some(vec![st(2, pb::TaskState::Running), st(3, pb::TaskState::Starting)]));
         calls.finish.send(Ok(())).ok();
         // Nothing left: the sender returns (and would wait for the next status).
         assert!(sender.await.expect("sender").is_ok());
@@ -1417,7 +1451,7 @@ mod tests {
         reports.push(st(1, pb::TaskState::Running));
         calls.finish.send(Err(SessionError::Protocol("broken".into()))).ok();
         assert!(send_pending(&reports, 10, false, send).await.is_err());
-        assert_eq!(reports.take(10), vec![st(1, pb::TaskState::Running)]);
+        assert_eq!(unnumbered(&reports.take(10)), vec![st(1, pb::TaskState::Running)]);
     }
 
     /// A dispatcher whose heartbeat answers wait until the next heartbeat has arrived (or 10 s).

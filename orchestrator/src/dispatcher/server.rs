@@ -521,6 +521,7 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
         ports: u.ports,
         cleanup_errors: u.cleanup_errors,
         container_name: Some(u.container_name).filter(|n| !n.is_empty()),
+        sequence: u.sequence,
     })
 }
 

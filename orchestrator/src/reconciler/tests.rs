@@ -91,6 +91,7 @@ fn finish(state: &mut ClusterState, task: &Task, code: i64, at: u64) {
             ports: Vec::new(),
             cleanup_errors: Vec::new(),
             container_name: None,
+            sequence: 0,
         }],
         at,
     });
@@ -264,6 +265,7 @@ fn a_removed_task_whose_cleanup_failed_is_kept_a_moment_for_watchers() {
             ports: Vec::new(),
             cleanup_errors: vec![error.clone()],
             container_name: None,
+            sequence: 0,
         }],
         at: 10,
     });

@@ -112,6 +112,7 @@ pub fn agents_run_everything(state: &mut ClusterState) {
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
                 container_name: None,
+                sequence: 0,
             }
         })
         .collect();
@@ -206,6 +207,7 @@ fn completed_successfully_gates_on_exit_code() {
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
                 container_name: None,
+                sequence: 0,
             }],
             at: 1,
         });
@@ -315,6 +317,7 @@ fn a_container_its_agent_had_to_rename_is_shown_by_its_actual_name() {
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
                 container_name: name.map(str::to_string),
+                sequence: 0,
             }],
             at: 1,
         });

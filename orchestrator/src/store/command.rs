@@ -56,6 +56,14 @@ pub struct StatusUpdate {
     /// held by another node's container on a shared engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_name: Option<String>,
+    /// The agent's order of its reports (0: unordered, always applied): a report older than the
+    /// last one applied for the task is ignored.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub sequence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl StatusUpdate {
@@ -72,6 +80,7 @@ impl StatusUpdate {
             ports: Vec::new(),
             cleanup_errors: Vec::new(),
             container_name: None,
+            sequence: 0,
         }
     }
 }
@@ -651,6 +660,14 @@ impl ClusterState {
         if task.state.is_terminal() && update.state != TaskState::Removed {
             return;
         }
+        // A late report (its call timed out on the agent, which reported on) must not take the
+        // task back to an earlier state: seen at 100,000 tasks, tasks left `preparing` for good.
+        if update.sequence != 0 {
+            if update.sequence <= task.status_sequence {
+                return;
+            }
+            task.status_sequence = update.sequence;
+        }
         task.state = update.state;
         if update.container_id.is_some() {
             task.container_id = update.container_id;
@@ -711,6 +728,26 @@ mod tests {
         assert_eq!(pieces, whole);
         let other = Command::SetRebalanceOnJoin { enabled: true };
         assert_eq!(other.clone().split(1), vec![other], "commands without a task list stay whole");
+    }
+
+    #[test]
+    fn a_late_status_report_does_not_take_a_task_back() {
+        use crate::scheduler::tests::{converge, state_with};
+        let mut state = state_with(&["n1"], &[("web", "image: x", 1)]);
+        converge(&mut state, 0);
+        let Some(id) = state.tasks.values().next().map(|t| t.id) else { panic!("no task") };
+        let report = |state: &mut ClusterState, task_state: TaskState, sequence: u64| {
+            let update = StatusUpdate { sequence, ..StatusUpdate::new(id, "n1", task_state) };
+            state.apply(Command::ReportStatus { updates: vec![update], at: 1 });
+            state.tasks.get(&id).map(|t| t.state)
+        };
+        assert_eq!(report(&mut state, TaskState::Preparing, 10), Some(TaskState::Preparing));
+        assert_eq!(report(&mut state, TaskState::Running, 12), Some(TaskState::Running));
+        assert_eq!(report(&mut state, TaskState::Preparing, 10), Some(TaskState::Running), "older: ignored");
+        assert_eq!(report(&mut state, TaskState::Starting, 12), Some(TaskState::Running), "the same one again");
+        assert_eq!(report(&mut state, TaskState::Starting, 13), Some(TaskState::Starting), "newer: applied");
+        assert_eq!(report(&mut state, TaskState::Running, 0), Some(TaskState::Running), "unordered: applied");
+        assert_eq!(report(&mut state, TaskState::Preparing, 11), Some(TaskState::Running), "order kept after it");
     }
 
     #[test]

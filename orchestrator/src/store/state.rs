@@ -207,6 +207,13 @@ pub struct Task {
     /// (on an engine several nodes share, another node's container held that name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed: Option<String>,
+    /// The sequence of the last ordered status report applied (see `StatusUpdate::sequence`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub status_sequence: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Task {
@@ -241,6 +248,7 @@ impl Task {
             updated_at: at,
             replaces: None,
             renamed: None,
+            status_sequence: 0,
         }
     }
 

@@ -214,6 +214,7 @@ fn a_failed_replacement_is_given_up_with_the_request() {
             ports: Vec::new(),
             cleanup_errors: Vec::new(),
             container_name: None,
+            sequence: 0,
         }],
         at: 2,
     });
@@ -287,6 +288,7 @@ fn the_old_task_waits_for_a_healthy_replacement() {
                 ports: Vec::new(),
                 cleanup_errors: Vec::new(),
                 container_name: None,
+                sequence: 0,
             }],
             at: 2,
         })
