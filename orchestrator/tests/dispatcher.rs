@@ -453,19 +453,22 @@ async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
     assert_eq!(spec.container.identity.node_id, node_id);
     assert_eq!(spec.image.reference(), "shoal-test/web");
 
-    // A status report reaches the store.
-    let update = pb::TaskStatus {
-        task: assignment.task,
-        state: pb::TaskState::Running as i32,
-        container_id: "c0ffee".into(),
-        ..Default::default()
+    // A status report reaches the store; a late one, numbered before it, does not undo it.
+    let report = |state: pb::TaskState, sequence: u64| pb::UpdateTaskStatusRequest {
+        node_id: node_id.clone(),
+        updates: vec![pb::TaskStatus {
+            task: assignment.task,
+            state: state as i32,
+            container_id: "c0ffee".into(),
+            sequence,
+            ..Default::default()
+        }],
     };
-    client
-        .update_task_status(pb::UpdateTaskStatusRequest { node_id: node_id.clone(), updates: vec![update] })
-        .await
-        .expect("status update");
+    client.update_task_status(report(pb::TaskState::Running, 20)).await.expect("status update");
     let task = manager.read(|s| s.tasks[&assignment.task].clone());
     assert_eq!((task.state, task.container_id.as_deref()), (TaskState::Running, Some("c0ffee")));
+    client.update_task_status(report(pb::TaskState::Preparing, 19)).await.expect("a late status update");
+    assert_eq!(manager.read(|s| s.tasks[&assignment.task].state), TaskState::Running, "the late report is ignored");
 
     // Scaling to 0 asks the node to remove the task: a diff with the next sequence number.
     manager.scale("web", 0).await;
