@@ -44,9 +44,10 @@ impl Candidates {
     pub fn new(view: &View, service: &ServiceRecord, check: Check) -> Result<Candidates, String> {
         let constraints = constraints_of(&service.spec).map_err(|e| e.to_string())?;
         let spread = spread_of(&service.spec).map_err(|e| e.to_string())?;
-        let requirements = Requirements::of(&service.spec);
-        let index =
-            view.service(&service.id).ok_or_else(|| format!("service {} is not in the snapshot", service.id))?;
+        let (index, requirements) = view
+            .service(&service.id)
+            .and_then(|index| Some((index, view.requirements(index)?.clone())))
+            .ok_or_else(|| format!("service {} is not in the snapshot", service.id))?;
         let fixed = view.static_fit(&constraints);
         let mut rejections = fixed.rejections.clone();
         let groups = view.spread_groups(&spread);

@@ -22,6 +22,8 @@ pub struct View<'a> {
     /// What each node carries, by position; updated as the scheduler places tasks.
     pub loads: Vec<NodeLoad<ServiceIndex>>,
     services: HashMap<&'a ServiceId, ServiceIndex>,
+    /// What one task of each service needs, by service number.
+    requirements: Vec<Requirements>,
     /// What services with the same constraints share, worked out once per round: most
     /// services of a stack have the same (or none), and at 100 services × 10,000 nodes the
     /// checks were a fifth of placing a lost node's tasks.
@@ -51,13 +53,14 @@ impl<'a> View<'a> {
             nodes,
             position,
             services,
+            requirements,
             fit_by_constraints: RefCell::default(),
             groups_by_spread: RefCell::default(),
         };
         for task in state.tasks.values().filter(|t| t.state.is_active()) {
             let Some(&at) = task.node.as_deref().and_then(|n| view.position.get(n)) else { continue };
             let Some(&service) = view.services.get(&task.service) else { continue };
-            view.loads[at].add(&service, &requirements[service as usize]);
+            view.loads[at].add(&service, &view.requirements[service as usize]);
         }
         view
     }
@@ -65,6 +68,11 @@ impl<'a> View<'a> {
     /// The number the view gives a service of its state.
     pub fn service(&self, id: &ServiceId) -> Option<ServiceIndex> {
         self.services.get(id).copied()
+    }
+
+    /// What one task of the service numbered `service` needs.
+    pub fn requirements(&self, service: ServiceIndex) -> Option<&Requirements> {
+        self.requirements.get(service as usize)
     }
 
     /// Every node's static fit for tasks with these constraints.

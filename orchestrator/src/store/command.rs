@@ -58,12 +58,8 @@ pub struct StatusUpdate {
     pub container_name: Option<String>,
     /// The agent's order of its reports (0: unordered, always applied): a report older than the
     /// last one applied for the task is ignored.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "super::state::is_zero")]
     pub sequence: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 impl StatusUpdate {

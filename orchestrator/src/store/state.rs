@@ -212,7 +212,8 @@ pub struct Task {
     pub status_sequence: u64,
 }
 
-fn is_zero(n: &u64) -> bool {
+/// For `skip_serializing_if`: a zero counter is left out of the state and the log.
+pub(crate) fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 

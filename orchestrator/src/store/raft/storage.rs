@@ -37,7 +37,7 @@ const CACHE_BYTES: usize = 32 << 20;
 /// Payload bytes of the newest log entries kept in memory (see the module docs). Raft reads the
 /// entries it sends to followers and the ones it applies soon after they were written, so a few
 /// megabytes serve nearly every read.
-pub(crate) const MIRROR_BYTES: u64 = 8 << 20;
+const MIRROR_BYTES: u64 = 8 << 20;
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 
@@ -265,7 +265,7 @@ impl RedbStorage {
             )));
         }
         snapfile::remove_all_but(state_dir, snap_index);
-        let storage = RedbStorage {
+        let mut storage = RedbStorage {
             db,
             path,
             dir: state_dir.to_path_buf(),
@@ -281,7 +281,6 @@ impl RedbStorage {
             mirror_bytes: MIRROR_BYTES,
             snapshot_wanted: std::sync::atomic::AtomicBool::new(false),
         };
-        let mut storage = storage;
         storage.append(entries);
         if snap_index == 0 && storage.log.is_empty() && storage.hard_state == HardState::default() {
             Ok(Opened::Empty(storage))
@@ -367,12 +366,8 @@ impl RedbStorage {
             self.tail.push_back(entry);
             self.tail_bytes += meta.bytes;
         }
-        self.trim_tail(self.mirror_bytes);
-    }
-
-    /// Drops the oldest entries of the in-memory tail until it holds at most `bytes`.
-    fn trim_tail(&mut self, bytes: u64) {
-        while self.tail_bytes > bytes {
+        // The oldest entries go until the tail is within its bound.
+        while self.tail_bytes > self.mirror_bytes {
             let Some(oldest) = self.tail.pop_front() else { break };
             self.tail_bytes -= entry_bytes(&oldest);
         }
@@ -669,11 +664,12 @@ impl Storage for RedbStorage {
             return Err(raft::Error::Store(RaftStorageError::Unavailable));
         }
         let mut limit = SizeLimit::new(max_size.into());
-        if low < self.tail_first() {
+        let tail_first = self.tail_first();
+        if low < tail_first {
             let read = self.read_entries(low, high, &mut limit);
             return read.map_err(|e| raft::Error::Store(RaftStorageError::Other(Box::new(e))));
         }
-        let skip = (low - self.tail_first()) as usize;
+        let skip = (low - tail_first) as usize;
         let wanted = self.tail.range(skip..).take((high - low) as usize);
         Ok(wanted.take_while(|e| limit.admits(e)).cloned().collect())
     }
