@@ -261,7 +261,13 @@ impl Inner {
 
     fn touch(&self, node: &str) {
         let at = Instant::now();
-        let previous = lock(&self.last_seen).insert(node.to_string(), at);
+        let mut seen = lock(&self.last_seen);
+        // A node heard before (nearly every heartbeat) keeps its key: no allocation per call.
+        let previous = match seen.get_mut(node) {
+            Some(last) => Some(std::mem::replace(last, at)),
+            None => seen.insert(node.to_string(), at),
+        };
+        drop(seen);
         if previous.is_some_and(|p| at.saturating_duration_since(p) > Liveness::late_after(self.config.down_after)) {
             self.heard_late.fetch_add(1, Ordering::Relaxed);
         }
@@ -770,7 +776,10 @@ async fn monitor(inner: Arc<Inner>) {
             ready
                 .into_iter()
                 .map(|id| {
-                    let last = *seen.entry(id.clone()).or_insert(at);
+                    let last = match seen.get(&id) {
+                        Some(&last) => last,
+                        None => *seen.entry(id.clone()).or_insert(at),
+                    };
                     (id, at.saturating_duration_since(last))
                 })
                 .collect()

@@ -18,7 +18,7 @@
 
 pub mod restart;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::store::command::{Command, NewTask};
 use crate::store::state::{
@@ -32,6 +32,9 @@ use restart::RestartPolicy;
 pub fn reconcile(state: &ClusterState, now: Millis) -> Vec<Command> {
     let mut plan = Plan::default();
     let tasks = TasksByService::new(state);
+    // Usually no node is drained: then no slot needs its node looked up. (Once per round, not
+    // per service: 100 services × 10,000 nodes was a fortieth of a busy leader's CPU.)
+    let any_drained = state.nodes.values().any(|n| n.availability == Availability::Drain);
     orphan_tasks_of_down_nodes(state, &mut plan);
     for service in state.services.values() {
         if service.removing {
@@ -40,7 +43,7 @@ pub fn reconcile(state: &ClusterState, now: Millis) -> Vec<Command> {
         }
         match service.mode {
             ServiceMode::Replicated | ServiceMode::ReplicatedJob => {
-                reconcile_replicated(state, &tasks, service, &mut plan)
+                reconcile_replicated(state, &tasks, service, any_drained, &mut plan)
             }
             ServiceMode::Global | ServiceMode::GlobalJob => reconcile_global(state, &tasks, service, &mut plan),
         }
@@ -125,13 +128,16 @@ impl Plan {
 
 /// Tasks placed on a node that is down will never report again.
 fn orphan_tasks_of_down_nodes(state: &ClusterState, plan: &mut Plan) {
-    // Usually no node is down: then no task needs its node looked up.
-    if state.nodes.values().all(|n| n.status != NodeStatus::Down) {
+    // Usually no node is down: then no task needs its node looked up. Once some are (lost
+    // nodes stay down until removed), every round looks up each active task's node: in a set of
+    // the down ones, which at 10,000 nodes is several times quicker than the state's map.
+    let down: HashSet<&str> =
+        state.nodes.values().filter(|n| n.status == NodeStatus::Down).map(|n| n.id.as_str()).collect();
+    if down.is_empty() {
         return;
     }
-    for task in state.tasks.values() {
-        let Some(node) = task.node.as_ref().and_then(|n| state.nodes.get(n)) else { continue };
-        if node.status == NodeStatus::Down && task.state.is_active() {
+    for task in state.tasks.values().filter(|t| t.state.is_active()) {
+        if task.node.as_deref().is_some_and(|n| down.contains(n)) {
             plan.orphans.push(task.id);
         }
     }
@@ -146,7 +152,13 @@ fn is_outdated(task: &Task, service: &ServiceRecord) -> bool {
     task.config_hash != service.config_hash || task.service_version < service.force_recreate_below
 }
 
-fn reconcile_replicated(state: &ClusterState, all: &TasksByService, service: &ServiceRecord, plan: &mut Plan) {
+fn reconcile_replicated(
+    state: &ClusterState,
+    all: &TasksByService,
+    service: &ServiceRecord,
+    any_drained: bool,
+    plan: &mut Plan,
+) {
     // Start-first replacements (rebalancing moves) are extra containers of replicas that still
     // run: not counted, not restarted here; `scheduler::rebalance` sees them through.
     let mut surge_slots: BTreeSet<u64> = BTreeSet::new();
@@ -176,8 +188,6 @@ fn reconcile_replicated(state: &ClusterState, all: &TasksByService, service: &Se
         }
     }
     let policy = RestartPolicy::of(&service.spec);
-    // Usually no node is drained: then no slot needs its node looked up.
-    let any_drained = state.nodes.values().any(|n| n.availability == Availability::Drain);
     for (slot, tasks) in &slots {
         if let Some(task) = any_drained.then(|| on_drained_node(state, tasks)).flatten() {
             // Drain: the replica moves. Its replacement keeps the slot (and so the container

@@ -10,5 +10,6 @@
 pub mod command;
 pub mod raft;
 mod rebalancing;
+pub mod shared;
 pub mod state;
 pub mod tasks;

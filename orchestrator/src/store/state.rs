@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::shared::SharedMap;
 use super::tasks::TaskTable;
 use crate::compose::model::{Project, Service};
 
@@ -384,7 +385,7 @@ pub struct ClusterState {
     #[serde(with = "services_by_name")]
     pub services: BTreeMap<ServiceId, ServiceRecord>,
     pub tasks: TaskTable,
-    pub nodes: BTreeMap<NodeId, Node>,
+    pub nodes: SharedMap<NodeId, Node>,
     /// The managers (raft members) by raft id: where they are reached and whether an operator
     /// wants them voting. Kept in step with the raft membership by its changes' context.
     #[serde(default)]

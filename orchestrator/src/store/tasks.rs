@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::shared::SharedMap;
 use super::state::{Task, TaskId};
 
 /// Changes the journal keeps at least, whatever the table's size.
@@ -43,12 +44,12 @@ pub enum Changes {
 /// Tasks by id. Reads go through `Deref` to the map; every write names the task it changes, and
 /// is journaled.
 ///
-/// Each task is shared (`Arc`) and copied only when written while shared, so a copy of the
-/// table costs a map of pointers, not the tasks: the leader's orchestration round and the
-/// snapshot thread work on such a copy, without holding the state's lock that applying needs.
+/// Each task is shared ([`SharedMap`]), so a copy of the table costs a map of pointers, not the
+/// tasks: the leader's orchestration round and the snapshot thread work on such a copy, without
+/// holding the state's lock that applying needs.
 #[derive(Clone, Default)]
 pub struct TaskTable {
-    tasks: BTreeMap<TaskId, Arc<Task>>,
+    tasks: SharedMap<TaskId, Task>,
     journal: Journal,
 }
 
@@ -76,15 +77,15 @@ impl Default for Journal {
 impl TaskTable {
     /// The tasks in id order. (Shadows the map's own, which yields the shared pointers.)
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &Task> + Clone + '_ {
-        self.tasks.values().map(Arc::as_ref)
+        self.tasks.values()
     }
 
     pub fn get(&self, id: &TaskId) -> Option<&Task> {
-        self.tasks.get(id).map(Arc::as_ref)
+        self.tasks.get(id)
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&TaskId, &Task)> + Clone + '_ {
-        self.tasks.iter().map(|(id, task)| (id, task.as_ref()))
+        self.tasks.iter()
     }
 
     /// The task, for changing it.
@@ -92,11 +93,11 @@ impl TaskTable {
         let len = self.tasks.len();
         let task = self.tasks.get_mut(id)?;
         Self::record(&mut self.journal, len, *id);
-        Some(Arc::make_mut(task))
+        Some(task)
     }
 
     pub fn insert(&mut self, id: TaskId, task: Task) -> Option<Arc<Task>> {
-        let old = self.tasks.insert(id, Arc::new(task));
+        let old = self.tasks.insert(id, task);
         let len = self.tasks.len();
         Self::record(&mut self.journal, len, id);
         old
@@ -166,10 +167,7 @@ impl Deref for TaskTable {
 
 impl FromIterator<(TaskId, Task)> for TaskTable {
     fn from_iter<I: IntoIterator<Item = (TaskId, Task)>>(iter: I) -> Self {
-        TaskTable {
-            tasks: iter.into_iter().map(|(id, task)| (id, Arc::new(task))).collect(),
-            journal: Journal::default(),
-        }
+        TaskTable { tasks: iter.into_iter().collect(), journal: Journal::default() }
     }
 }
 
@@ -194,7 +192,7 @@ impl Serialize for TaskTable {
 
 impl<'de> Deserialize<'de> for TaskTable {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(BTreeMap::<TaskId, Task>::deserialize(d)?.into_iter().collect())
+        Ok(TaskTable { tasks: SharedMap::deserialize(d)?, journal: Journal::default() })
     }
 }
 
