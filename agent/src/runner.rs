@@ -66,6 +66,24 @@ pub fn renamed(name: &str, task_id: &str) -> String {
     format!("{name}-t{task_id}")
 }
 
+/// Whether `holder` (the labels of a container of this node) marks the container of an older
+/// task of the replica `identity` is for. The manager gives a replica a new task on the node
+/// that held the old one only once it has given up on the old one: its container is being
+/// removed (it was orphaned while the node was marked down, and the node came back; the
+/// removal and the new task arrive together and race for the name). Task ids only grow.
+fn is_older_task_of_replica(holder: &BTreeMap<String, String>, identity: &crate::spec::TaskIdentity) -> bool {
+    let label = |key: &str| holder.get(key).map(String::as_str);
+    let older = match (label(labels::TASK).map(str::parse::<u64>), identity.task_id.parse::<u64>()) {
+        (Some(Ok(held)), Ok(new)) => held < new,
+        _ => false,
+    };
+    older
+        && label(labels::NODE) == Some(identity.node_id.as_str())
+        && label(labels::PROJECT) == Some(identity.project.as_str())
+        && label(labels::SERVICE) == Some(identity.service.as_str())
+        && label(labels::CONTAINER_NUMBER) == Some(identity.container_number.to_string().as_str())
+}
+
 /// Whether `name` is a name [`renamed`] gave the task's container.
 fn is_renamed(name: &str, task_id: &str) -> bool {
     name.strip_suffix(task_id).and_then(|n| n.strip_suffix("-t")).is_some_and(|base| !base.is_empty())
@@ -232,13 +250,7 @@ impl<E: Engine> TaskRunner<E> {
     pub async fn remove(&self, task_id: &str, volumes: bool) -> Result<(), RunnerError> {
         let container = self.shared.container_of(task_id).map(|(c, _)| c);
         match container {
-            Ok(c) => {
-                if let Some(w) = self.shared.lock_watchers().remove(&c) {
-                    w.retired.store(true, Ordering::SeqCst);
-                    w.nudge.notify_one();
-                }
-                self.shared.engine.remove(&c, RemoveOptions { force: true, volumes }).await?;
-            }
+            Ok(c) => self.shared.remove_container(&c, volumes).await?,
             Err(RunnerError::NoContainer(_)) => {}
             Err(e) => return Err(e),
         }
@@ -341,10 +353,25 @@ impl<E: Engine> Shared<E> {
         self.watch(&task_id, &id, watcher, Some(TaskState::Starting)).await;
     }
 
+    /// Removes a container (forcefully; one already gone is no error), retiring its watcher
+    /// first: its disappearance is no news to report.
+    async fn remove_container(&self, container: &str, volumes: bool) -> EngineResult<()> {
+        if let Some(w) = self.lock_watchers().remove(container) {
+            w.retired.store(true, Ordering::SeqCst);
+            w.nudge.notify_one();
+        }
+        match self.engine.remove(container, RemoveOptions { force: true, volumes }).await {
+            Ok(()) | Err(EngineError::ContainerNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Creates the task's container: its id, and its name if it is not the spec's. Agents that
     /// share one engine share its container names: when another node's container holds the
-    /// name (a lost node's, stopped but not removed), this one is created as [`renamed`]. A
-    /// container of this node, or one that is not Shoal's, with the name is an error as usual.
+    /// name (a lost node's, stopped but not removed), this one is created as [`renamed`]. When
+    /// this node's container of an older task of the same replica holds it, that container
+    /// goes first (see [`is_older_task_of_replica`]). Any other container with the name (a
+    /// newer task's, another service's, one that is not Shoal's) is an error as usual.
     async fn create(&self, spec: &ContainerSpec) -> EngineResult<(String, Option<String>)> {
         let name = match self.engine.create(spec).await {
             Ok(id) => return Ok((id, None)),
@@ -359,7 +386,17 @@ impl<E: Engine> Shared<E> {
         };
         let foreign = holder.labels.get(labels::NODE).is_some_and(|node| *node != self.node_id);
         if !foreign {
-            return Err(EngineError::NameInUse { name });
+            if !is_older_task_of_replica(&holder.labels, &spec.identity) {
+                return Err(EngineError::NameInUse { name });
+            }
+            tracing::info!(
+                task = %spec.identity.task_id,
+                holder = %holder.id,
+                "the name {name} is held by this node's container of task {}, which this task replaces: removing it",
+                holder.labels.get(labels::TASK).map_or("", String::as_str)
+            );
+            self.remove_container(&holder.id, false).await?;
+            return Ok((self.engine.create(spec).await?, None));
         }
         let new_name = renamed(&name, &spec.identity.task_id);
         tracing::info!(

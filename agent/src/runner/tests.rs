@@ -277,18 +277,53 @@ async fn a_name_another_nodes_container_holds_gets_a_renamed_container() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_name_this_nodes_own_container_holds_is_still_an_error() {
+async fn a_name_a_newer_task_or_another_replica_of_this_node_holds_is_still_an_error() {
     let engine = MockEngine::new();
-    engine.create(&slot_spec("node-1", "12", 3)).await.unwrap();
+    // A newer task's container of the same replica: the manager does not give up on that one
+    // for an older task.
+    let newer = engine.create(&slot_spec("node-1", "19", 3)).await.unwrap();
     let (r, mut rx) = runner(&engine).await;
     r.run(slot_spec("node-1", "17", 3));
     let failed = status_until(&mut rx, "17", TaskState::is_terminal).await;
     let TaskState::Failed { reason } = &failed.state else { panic!("{failed:?}") };
     assert!(reason.contains("the container name p-svc-3 is already in use"), "{reason}");
     assert_eq!((failed.container_name, engine.container_count()), (None, 1));
+    assert_eq!(engine.inspect("p-svc-3").await.unwrap().id, newer);
+    // Another replica's container that has this task's name (its container_name).
+    let mut other = slot_spec("node-1", "5", 4);
+    other.container_name = Some("p-svc-6".into());
+    engine.create(&other).await.unwrap();
+    r.run(slot_spec("node-1", "20", 6));
+    let failed = status_until(&mut rx, "20", TaskState::is_terminal).await;
+    assert!(matches!(&failed.state, TaskState::Failed { reason } if reason.contains("p-svc-6 is already in use")));
+    assert_eq!(engine.container_count(), 2);
     // A container this runner created under its own name reports no other name.
     r.run(slot_spec("node-1", "18", 4));
     assert_eq!(status_until(&mut rx, "18", |s| *s == TaskState::Running).await.container_name, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_older_task_of_the_same_replica_on_this_node_gives_up_its_name() {
+    // A node marked down and back: its task 12 of slot 3 was orphaned and replaced by task 17,
+    // placed on the same node, whose container would be created while 12's is still removed.
+    let engine = MockEngine::new();
+    let (r, mut rx) = runner(&engine).await;
+    r.run(slot_spec("node-1", "12", 3));
+    status_until(&mut rx, "12", |s| *s == TaskState::Running).await;
+    r.run(slot_spec("node-1", "17", 3));
+    let running = status_until(&mut rx, "17", |s| *s == TaskState::Running).await;
+    assert_eq!(running.container_name, None, "the replica's own name");
+    let held = engine.inspect("p-svc-3").await.unwrap();
+    assert_eq!(held.labels.get(labels::TASK).map(String::as_str), Some("17"));
+    assert_eq!(engine.container_count(), 1, "task 12's container is gone");
+    // The old task's own removal, when it comes, finds nothing left to do.
+    r.remove("12", false).await.unwrap();
+    assert_eq!(engine.container_count(), 1);
+    // Its watcher was retired with it: nothing is reported for the old task.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    while let Ok(status) = rx.try_recv() {
+        assert_ne!(status.task_id, "12", "{status:?}");
+    }
 }
 
 #[test]
