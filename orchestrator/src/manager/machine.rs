@@ -2,15 +2,12 @@
 //! to [`ClusterState`]; every apply bumps a watch so that the orchestration loop, the dispatcher
 //! and watchers wake up. The encoding lives here alone (JSON today), so changing it is local.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::store::command::{Command, CommandResult};
-use crate::store::raft::{Membership, StateMachine};
+use crate::store::raft::{Membership, SnapshotWriter, StateMachine};
 use crate::store::state::{ClusterState, ManagerInfo};
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -26,16 +23,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 pub struct ClusterMachine {
     pub state: ClusterState,
     changes: watch::Sender<u64>,
-    /// Bytes of the last snapshot, to size the next one's buffer (shared with the threads that
-    /// serialize snapshots).
-    snapshot_size: Arc<AtomicUsize>,
 }
 
 impl ClusterMachine {
     /// A machine and the receiver that sees the applied index after every change.
     pub fn new() -> (ClusterMachine, watch::Receiver<u64>) {
         let (changes, rx) = watch::channel(0);
-        (ClusterMachine { state: ClusterState::default(), changes, snapshot_size: Arc::default() }, rx)
+        (ClusterMachine { state: ClusterState::default(), changes }, rx)
     }
 
     /// A machine starting from a given state (a restored backup, a recovered cluster).
@@ -48,18 +42,6 @@ impl ClusterMachine {
     fn notify(&self) {
         self.changes.send_replace(self.state.applied_index);
     }
-}
-
-/// The state as snapshot bytes, in a buffer sized like the last snapshot (plus room to grow): a
-/// large state is not copied over and over while its buffer doubles, nor left with twice the
-/// room it needs.
-fn serialize(state: &ClusterState, last_size: &AtomicUsize) -> Vec<u8> {
-    let hint = last_size.load(Ordering::Relaxed);
-    let mut bytes = Vec::with_capacity(hint + hint / 8);
-    // Serializing our own plain data types to JSON cannot fail (see `encode`).
-    let _ = serde_json::to_writer(&mut bytes, state);
-    last_size.store(bytes.len(), Ordering::Relaxed);
-    bytes
 }
 
 impl StateMachine for ClusterMachine {
@@ -81,14 +63,14 @@ impl StateMachine for ClusterMachine {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        serialize(&self.state, &self.snapshot_size)
+        encode(&self.state)
     }
 
     /// A copy of the state (at 100,000 tasks tens of milliseconds, against a second or more to
-    /// serialize it).
-    fn snapshot_later(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
-        let (state, size) = (self.state.clone(), self.snapshot_size.clone());
-        Box::new(move || serialize(&state, &size))
+    /// serialize it), serialized later straight into the snapshot file.
+    fn snapshot_later(&self) -> SnapshotWriter {
+        let state = self.state.clone();
+        Box::new(move |out| serde_json::to_writer(out, &state).map_err(std::io::Error::from))
     }
 
     fn restore(&mut self, data: &[u8]) -> Result<(), String> {

@@ -674,10 +674,9 @@ impl<S: StateMachine> Driver<S> {
         }
         let serialize = self.sm.read().unwrap_or_else(PoisonError::into_inner).snapshot_later();
         let (index, dir) = (self.applied, store.dir().to_path_buf());
-        let thread = std::thread::Builder::new().name(format!("raft-snapshot-{}", self.id)).spawn(move || {
-            let data = serialize();
-            snapfile::write(&dir, index, &data).map(|()| data.len() as u64)
-        });
+        let thread = std::thread::Builder::new()
+            .name(format!("raft-snapshot-{}", self.id))
+            .spawn(move || snapfile::write_with(&dir, index, serialize));
         match thread {
             Ok(thread) => self.snapshot_job = Some(SnapshotJob { index, conf_state: self.conf_state.clone(), thread }),
             Err(e) => tracing::warn!(target: "shoal::raft", "cannot start a snapshot thread: {e}"),

@@ -65,6 +65,12 @@ pub use storage::DB_FILE;
 /// The replicated state machine the log drives. Implementations must be deterministic: applying
 /// the same commands in the same order to the same snapshot must give the same state and responses
 /// on every member.
+
+/// Writes a snapshot's data, as [`StateMachine::snapshot`] would return it, into a file (see
+/// [`StateMachine::snapshot_later`]): at 100,000 tasks the data is tens of megabytes, which a
+/// buffer in memory would add to the manager's peak.
+pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
+
 pub trait StateMachine: Send + Sync + 'static {
     /// A command as [`StateMachine::apply`] takes it.
     type Command: Send;
@@ -83,10 +89,11 @@ pub trait StateMachine: Send + Sync + 'static {
 
     /// [`StateMachine::snapshot`] in two steps, so that the raft thread holds the state only for
     /// the first: what this returns (a copy taken under the read lock) is serialized on another
-    /// thread while entries go on being applied. The default serializes at once.
-    fn snapshot_later(&self) -> Box<dyn FnOnce() -> Vec<u8> + Send> {
+    /// thread, straight into the snapshot file, while entries go on being applied. The default
+    /// serializes at once.
+    fn snapshot_later(&self) -> SnapshotWriter {
         let data = self.snapshot();
-        Box::new(move || data)
+        Box::new(move |out| out.write_all(&data))
     }
 
     /// Replaces the full state with a serialized one from [`StateMachine::snapshot`].

@@ -9,7 +9,7 @@
 //! removed at the next start.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::StoreError;
@@ -32,16 +32,30 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 
 /// Writes the data of the snapshot at `index`, durably.
 pub fn write(state_dir: &Path, index: u64, data: &[u8]) -> Result<(), StoreError> {
+    write_with(state_dir, index, Box::new(|out| out.write_all(data))).map(|_| ())
+}
+
+/// Writes the data of the snapshot at `index` as `fill` produces it, durably, through a small
+/// buffer (the data is never whole in memory); how many bytes it wrote.
+pub fn write_with(
+    state_dir: &Path,
+    index: u64,
+    fill: Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + '_>,
+) -> Result<u64, StoreError> {
     let dir = dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let target = path(state_dir, index);
     let temporary = target.with_extension("tmp");
-    let mut file = File::create(&temporary).map_err(io_err(&temporary))?;
-    file.write_all(data).map_err(io_err(&temporary))?;
+    let file = File::create(&temporary).map_err(io_err(&temporary))?;
+    let mut out = BufWriter::with_capacity(1 << 16, file);
+    fill(&mut out).map_err(io_err(&temporary))?;
+    let file = out.into_inner().map_err(|e| io_err(&temporary)(e.into_error()))?;
     file.sync_all().map_err(io_err(&temporary))?;
+    let size = file.metadata().map_err(io_err(&temporary))?.len();
     drop(file);
     std::fs::rename(&temporary, &target).map_err(io_err(&target))?;
-    File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(io_err(&dir))?;
+    Ok(size)
 }
 
 pub fn read(state_dir: &Path, index: u64) -> Result<Vec<u8>, StoreError> {
@@ -81,5 +95,24 @@ mod tests {
         assert_eq!(left, vec![path(state_dir.path(), 9)]);
         let err = read(state_dir.path(), 7).expect_err("removed");
         assert!(err.to_string().contains("00000000000000000007.snap"), "{err}");
+    }
+
+    #[test]
+    fn data_written_in_pieces_lands_whole_and_a_failed_writer_leaves_no_snapshot() {
+        let state_dir = tempfile::tempdir().expect("temp dir");
+        // More than the buffer holds, in pieces, as a serializer writes it.
+        let piece = vec![b'x'; 5000];
+        let size = write_with(state_dir.path(), 3, Box::new(|out| (0..40).try_for_each(|_| out.write_all(&piece))))
+            .expect("written");
+        assert_eq!(size, 200_000);
+        assert_eq!(read(state_dir.path(), 3).expect("read"), vec![b'x'; 200_000]);
+
+        let failing: Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send> = Box::new(|out| {
+            out.write_all(b"half")?;
+            Err(std::io::Error::other("the serializer failed"))
+        });
+        let err = write_with(state_dir.path(), 4, failing).expect_err("a failed writer fails the write");
+        assert!(err.to_string().contains("00000000000000000004.tmp"), "{err}");
+        assert!(read(state_dir.path(), 4).is_err(), "no snapshot file under its name");
     }
 }
