@@ -16,8 +16,8 @@
 //!   or with an error that says whether it may still be applied ([`ProposeError`]).
 //! - Snapshot + log compaction every [`RaftConfig::snapshot_every`] applied entries, or once the
 //!   log holds [`RaftConfig::snapshot_bytes`]. The raft thread only copies the state
-//!   ([`StateMachine::snapshot_later`]); a thread of its own serializes the copy and writes the
-//!   snapshot file (`snapfile`), then the raft thread records it and compacts the log. At 100,000
+//!   ([`StateMachine::snapshot_later`]); a thread of its own serializes the copy straight into
+//!   the snapshot file (`snapfile`), then the raft thread records it and compacts the log. At 100,000
 //!   tasks serializing takes seconds, in which a raft thread that did it itself neither ticked
 //!   nor answered: leaders stepped down, nodes were marked down.
 //! - Linearizable reads are batched: one ReadIndex in flight serves every reader that asked
