@@ -62,15 +62,17 @@ use tokio::sync::{oneshot, watch};
 pub use snapfile::DIR as SNAPSHOT_DIR;
 pub use storage::DB_FILE;
 
+/// Writes a snapshot's data, as [`StateMachine::snapshot`] would return it, into a file (see
+/// [`StateMachine::snapshot_later`]): at 100,000 tasks the data is tens of megabytes, which a
+/// buffer in memory would add to the manager's peak. `'a`: what the writer borrows.
+pub type SnapshotFill<'a> = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send + 'a>;
+
+/// A [`SnapshotFill`] that owns what it writes (a copy of the state), for another thread.
+pub type SnapshotWriter = SnapshotFill<'static>;
+
 /// The replicated state machine the log drives. Implementations must be deterministic: applying
 /// the same commands in the same order to the same snapshot must give the same state and responses
 /// on every member.
-
-/// Writes a snapshot's data, as [`StateMachine::snapshot`] would return it, into a file (see
-/// [`StateMachine::snapshot_later`]): at 100,000 tasks the data is tens of megabytes, which a
-/// buffer in memory would add to the manager's peak.
-pub type SnapshotWriter = Box<dyn FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + Send>;
-
 pub trait StateMachine: Send + Sync + 'static {
     /// A command as [`StateMachine::apply`] takes it.
     type Command: Send;

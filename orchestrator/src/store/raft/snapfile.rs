@@ -9,10 +9,10 @@
 //! removed at the next start.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use super::StoreError;
+use super::{SnapshotFill, StoreError};
 
 /// The directory under the state dir.
 pub const DIR: &str = "snapshots";
@@ -37,11 +37,7 @@ pub fn write(state_dir: &Path, index: u64, data: &[u8]) -> Result<(), StoreError
 
 /// Writes the data of the snapshot at `index` as `fill` produces it, durably, through a small
 /// buffer (the data is never whole in memory); how many bytes it wrote.
-pub fn write_with(
-    state_dir: &Path,
-    index: u64,
-    fill: Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + '_>,
-) -> Result<u64, StoreError> {
+pub fn write_with(state_dir: &Path, index: u64, fill: SnapshotFill<'_>) -> Result<u64, StoreError> {
     let dir = dir(state_dir);
     std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let target = path(state_dir, index);
@@ -107,7 +103,7 @@ mod tests {
         assert_eq!(size, 200_000);
         assert_eq!(read(state_dir.path(), 3).expect("read"), vec![b'x'; 200_000]);
 
-        let failing: Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send> = Box::new(|out| {
+        let failing: SnapshotFill = Box::new(|out| {
             out.write_all(b"half")?;
             Err(std::io::Error::other("the serializer failed"))
         });
