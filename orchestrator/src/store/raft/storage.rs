@@ -183,8 +183,9 @@ impl RedbStorage {
         std::fs::create_dir_all(state_dir)
             .map_err(|source| StoreError::StateDir { path: state_dir.to_path_buf(), source })?;
         let path = state_dir.join(DB_FILE);
-        // redb's default cache may grow to 1 GiB; the log is mirrored in memory anyway, and the
-        // snapshot is read back only to send it.
+        // redb's default cache may grow to 1 GiB; the newest entries are kept in memory (the
+        // log's tail), older ones are read back rarely (a lagging follower), and the snapshot
+        // lives in a file of its own.
         let db = match Database::builder().set_cache_size(CACHE_BYTES).create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked { path }),
