@@ -776,9 +776,13 @@ async fn monitor(inner: Arc<Inner>) {
             ready
                 .into_iter()
                 .map(|id| {
+                    // Looked up before inserting: a node heard before keeps its key, no copy of the id.
                     let last = match seen.get(&id) {
                         Some(&last) => last,
-                        None => *seen.entry(id.clone()).or_insert(at),
+                        None => {
+                            seen.insert(id.clone(), at);
+                            at
+                        }
                     };
                     (id, at.saturating_duration_since(last))
                 })

@@ -11,13 +11,14 @@ use std::fmt;
 use std::ops::Deref;
 use std::sync::Arc;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// Reads go through `Deref` to the map of pointers, or through [`SharedMap::values`],
 /// [`SharedMap::get`] and [`SharedMap::iter`], which yield the values themselves. It serializes
-/// as a plain map of the values.
-#[derive(Clone)]
-pub struct SharedMap<K, V>(BTreeMap<K, Arc<V>>);
+/// as a plain map of the values (serde's `rc` support; a deserialized value is its own).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharedMap<K: Ord, V>(BTreeMap<K, Arc<V>>);
 
 impl<K: Ord, V: Clone> SharedMap<K, V> {
     /// The values in key order. (Shadows the map's own, which yields the shared pointers.)
@@ -56,13 +57,13 @@ impl<K: Ord, V: Clone> SharedMap<K, V> {
     }
 }
 
-impl<K, V> Default for SharedMap<K, V> {
+impl<K: Ord, V> Default for SharedMap<K, V> {
     fn default() -> Self {
         SharedMap(BTreeMap::new())
     }
 }
 
-impl<K, V> Deref for SharedMap<K, V> {
+impl<K: Ord, V> Deref for SharedMap<K, V> {
     type Target = BTreeMap<K, Arc<V>>;
 
     fn deref(&self) -> &Self::Target {
@@ -76,27 +77,9 @@ impl<K: Ord, V> FromIterator<(K, V)> for SharedMap<K, V> {
     }
 }
 
-impl<K: PartialEq, V: PartialEq> PartialEq for SharedMap<K, V> {
-    fn eq(&self, other: &Self) -> bool {
-        self.0 == other.0
-    }
-}
-
-impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for SharedMap<K, V> {
+impl<K: Ord + fmt::Debug, V: fmt::Debug> fmt::Debug for SharedMap<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-impl<K: Serialize, V: Serialize> Serialize for SharedMap<K, V> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for SharedMap<K, V> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(BTreeMap::<K, V>::deserialize(d)?.into_iter().collect())
     }
 }
 
