@@ -383,14 +383,18 @@ impl<E: Engine> Agent<E> {
             observer.registered(&id);
         }
 
-        let mut stream =
-            client.session(pb::SessionRequest { node_id: id.clone() }).await.map_err(rpc("session"))?.into_inner();
+        let mut stream = client
+            .session(pb::SessionRequest { node_id: id.clone(), accepts_pieces: true })
+            .await
+            .map_err(rpc("session"))?
+            .into_inner();
         // Whatever the previous manager heard, this one hears everything again.
         core.reports.resend_all();
         let config = &self.config;
         let (complete_tx, complete_rx) = watch::channel(false);
         let assignments = async {
             let mut expected: Option<u64> = None;
+            let mut set = CompleteSet::default();
             loop {
                 let Some(message) = stream.message().await.map_err(rpc("session stream"))? else {
                     return Err(SessionError::Protocol("the manager closed the session".into()));
@@ -410,6 +414,7 @@ impl<E: Engine> Agent<E> {
                     _ => {}
                 }
                 expected = Some(message.sequence + 1);
+                let Some(message) = set.add(message)? else { continue };
                 *established = true;
                 if let Some(observer) = observer {
                     observer.assignments(&id, &message);
@@ -422,6 +427,38 @@ impl<E: Engine> Agent<E> {
             r = assignments => r,
             r = heartbeat(client.clone(), &id, period, config) => r,
             r = flush(client.clone(), &id, &core, complete_rx, config) => r,
+        }
+    }
+}
+
+/// A complete set the manager sends in pieces (`Assignments.more`), put back together: applied
+/// piece by piece, the first would make the agent remove every task of the others.
+#[derive(Debug, Default)]
+struct CompleteSet(Option<pb::Assignments>);
+
+impl CompleteSet {
+    /// The message to apply: a diff, or a complete set once its last piece is here; `None` while
+    /// pieces of a set are still to come.
+    fn add(&mut self, piece: pb::Assignments) -> Result<Option<pb::Assignments>, SessionError> {
+        match self.0.take() {
+            None if !piece.more => Ok(Some(piece)),
+            None if piece.complete => {
+                self.0 = Some(piece);
+                Ok(None)
+            }
+            None => Err(SessionError::Protocol("a diff said more pieces follow".into())),
+            Some(mut set) if piece.complete => {
+                set.sequence = piece.sequence;
+                set.more = piece.more;
+                set.changed.extend(piece.changed);
+                set.removed.extend(piece.removed);
+                if set.more {
+                    self.0 = Some(set);
+                    return Ok(None);
+                }
+                Ok(Some(set))
+            }
+            Some(_) => Err(SessionError::Protocol("a diff came before the complete set's last piece".into())),
         }
     }
 }
@@ -1243,6 +1280,30 @@ mod core_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_complete_set_in_pieces_is_applied_once_whole_and_diffs_pass_through() {
+        let piece = |sequence, complete, more, tasks: &[u64]| pb::Assignments {
+            sequence,
+            complete,
+            more,
+            changed: tasks.iter().map(|&task| pb::Assignment { task, ..Default::default() }).collect(),
+            removed: Vec::new(),
+        };
+        let mut set = CompleteSet::default();
+        assert_eq!(set.add(piece(1, true, true, &[1, 2])).expect("first piece"), None);
+        assert_eq!(set.add(piece(2, true, true, &[3])).expect("second piece"), None);
+        let whole = set.add(piece(3, true, false, &[4])).expect("last piece").expect("the whole set");
+        assert_eq!(whole, piece(3, true, false, &[1, 2, 3, 4]));
+        let diff = piece(4, false, false, &[5]);
+        assert_eq!(set.add(diff.clone()).expect("a diff"), Some(diff));
+        let alone = piece(5, true, false, &[6]);
+        assert_eq!(set.add(alone.clone()).expect("a set in one message"), Some(alone));
+
+        assert_eq!(set.add(piece(6, true, true, &[7])).expect("a piece"), None);
+        assert!(set.add(piece(7, false, false, &[8])).is_err(), "a diff inside a set breaks the protocol");
+        assert!(CompleteSet::default().add(piece(1, false, true, &[1])).is_err(), "only sets come in pieces");
+    }
 
     #[test]
     fn a_shared_spec_is_made_the_tasks_own_and_a_plain_one_is_taken_as_it_is() {

@@ -13,6 +13,7 @@ use shoal_agent::session::{run_agent, AgentConfig, AgentError};
 use shoal_agent::TaskSpec;
 use shoal_orchestrator::compose::loader::{load_in_memory, LoadOptions};
 use shoal_orchestrator::compose::model::Project;
+use shoal_orchestrator::dispatcher::pieces::PIECE_BYTES;
 use shoal_orchestrator::dispatcher::server::{DispatcherConfig, DispatcherService, SHARED_SPEC_FORMAT};
 use shoal_orchestrator::dispatcher::taskspec::config_hash;
 use shoal_orchestrator::manager::cluster::now;
@@ -409,10 +410,10 @@ async fn a_restarted_agent_adopts_its_containers() {
     a.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
-    // This raw client never heartbeats: keep its node up for the whole test.
-    let manager = Manager::start(DispatcherConfig::new(TOKEN).with_heartbeat(Duration::from_millis(250), 80)).await;
+type RawClient = pb::dispatcher_client::DispatcherClient<tonic::transport::Channel>;
+
+/// A client that speaks the protocol itself, registered as a node (2 CPUs, 1 GiB); its node id.
+async fn register_raw(manager: &Manager) -> (RawClient, String) {
     let mut client = pb::dispatcher_client::DispatcherClient::connect(manager.address.clone()).await.expect("connect");
     let node = pb::Node {
         hostname: "raw".into(),
@@ -429,10 +430,20 @@ async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
         .into_inner();
     assert!(!registered.node_id.is_empty(), "the manager assigns an id");
     assert_eq!(registered.heartbeat_period_ms, 250);
-    let node_id = registered.node_id;
+    (client, registered.node_id)
+}
 
-    let mut stream =
-        client.session(pb::SessionRequest { node_id: node_id.clone() }).await.expect("session").into_inner();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
+    // This raw client never heartbeats: keep its node up for the whole test.
+    let manager = Manager::start(DispatcherConfig::new(TOKEN).with_heartbeat(Duration::from_millis(250), 80)).await;
+    let (mut client, node_id) = register_raw(&manager).await;
+
+    let mut stream = client
+        .session(pb::SessionRequest { node_id: node_id.clone(), accepts_pieces: true })
+        .await
+        .expect("session")
+        .into_inner();
     let first = stream.message().await.expect("first message").expect("stream open");
     assert!(first.complete);
     assert_eq!(first.sequence, 1);
@@ -480,6 +491,44 @@ async fn the_session_starts_with_the_complete_set_then_sends_numbered_diffs() {
     // Unknown nodes must register first; a heartbeat says so.
     let err = client.heartbeat(pb::HeartbeatRequest { node_id: "nobody".into() }).await.expect_err("unknown node");
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_complete_set_comes_in_pieces_to_an_agent_that_reassembles_them() {
+    let manager = Manager::start(DispatcherConfig::new(TOKEN).with_heartbeat(Duration::from_millis(250), 80)).await;
+    let (mut client, node_id) = register_raw(&manager).await;
+    manager.deploy("services:\n  web:\n    image: shoal-test/web\n    deploy: {replicas: 24}\n").await;
+    let placed = || manager.read(|s| s.tasks.values().filter(|t| t.node.as_deref() == Some(node_id.as_str())).count());
+    eventually("24 tasks placed on the node", WAIT, || (placed() == 24).then_some(())).await;
+
+    // Pieces: numbered in order, `more` up to the last, each within the size, together the set.
+    let request = |accepts_pieces| pb::SessionRequest { node_id: node_id.clone(), accepts_pieces };
+    let mut stream = client.session(request(true)).await.expect("session").into_inner();
+    let mut pieces = Vec::new();
+    loop {
+        let piece = tokio::time::timeout(WAIT, stream.message()).await.expect("a piece").expect("piece").expect("open");
+        let more = piece.more;
+        pieces.push(piece);
+        if !more {
+            break;
+        }
+    }
+    assert!(pieces.len() > 1, "24 assignments are more than one piece");
+    for (i, piece) in pieces.iter().enumerate() {
+        assert_eq!(piece.sequence, i as u64 + 1);
+        assert!(piece.complete);
+        let bytes: usize = piece.changed.iter().map(prost::Message::encoded_len).sum();
+        assert!(bytes <= PIECE_BYTES || piece.changed.len() == 1, "piece {i} holds {bytes} bytes");
+    }
+    let tasks: BTreeSet<u64> = pieces.iter().flat_map(|p| p.changed.iter().map(|a| a.task)).collect();
+    assert_eq!(tasks.len(), 24);
+    drop(stream);
+
+    // An agent that does not say it reassembles gets the set in one message.
+    let mut stream = client.session(request(false)).await.expect("session").into_inner();
+    let whole = tokio::time::timeout(WAIT, stream.message()).await.expect("the set").expect("set").expect("open");
+    assert!(whole.complete && !whole.more);
+    assert_eq!(whole.changed.iter().map(|a| a.task).collect::<BTreeSet<_>>(), tasks);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

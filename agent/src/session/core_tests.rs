@@ -35,7 +35,7 @@ fn assignment(task: u64, desired: pb::DesiredState, spec: &TaskSpec) -> pb::Assi
 }
 
 fn complete_set(changed: Vec<pb::Assignment>) -> pb::Assignments {
-    pb::Assignments { sequence: 1, complete: true, changed, removed: Vec::new() }
+    pb::Assignments { sequence: 1, complete: true, changed, ..Default::default() }
 }
 
 /// Takes the pending reports until the latest of `task` satisfies `done`, and returns it. With

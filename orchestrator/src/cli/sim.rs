@@ -401,7 +401,7 @@ mod tests {
             sequence: 1,
             complete: true,
             changed: vec![assignment(1, pb::DesiredState::Running), assignment(2, pb::DesiredState::Shutdown)],
-            removed: Vec::new(),
+            ..pb::Assignments::default()
         };
         tally.assignments("a", &first);
         // A reconnect: the complete set again.
@@ -430,6 +430,7 @@ mod tests {
                 assignment(4, pb::DesiredState::Running),
             ],
             removed: vec![4],
+            more: false,
         };
         tally.assignments("a", &diff);
         tally.assignments("b", &pb::Assignments { sequence: 1, complete: true, ..diff.clone() });

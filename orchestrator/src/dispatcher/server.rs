@@ -12,7 +12,7 @@
 //! the dispatcher keeps in memory (last heartbeat per node, the assignment view) is derived from
 //! the replicated state or rebuilt on a new leader, which gives every node a fresh grace period.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,12 +26,13 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::liveness::{forgive_stall, Liveness, MassSilence, Verdict};
+use super::pieces::pieces;
 use super::taskspec::{RestartOwner, TaskSpec, TaskSpecOptions};
 use super::views::{node_statuses_if_changed, NodeAssignments, ViewBuilder, Views};
 use crate::manager::cluster::now;
 use crate::manager::tokens::admits_agent;
 use crate::manager::{Cluster, ClusterError};
-use crate::store::command::{Command, StatusUpdate};
+use crate::store::command::{Command, StatusUpdate, MAX_TASKS_PER_COMMAND};
 use crate::store::raft::ProposeError;
 use crate::store::state::{ClusterState, Node, NodeId, NodeLabels, NodeRole, NodeStatus, TaskId};
 use crate::wire;
@@ -433,7 +434,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
     async fn session(&self, request: Request<pb::SessionRequest>) -> Result<Response<SessionStream>, Status> {
         let inner = &self.inner;
         inner.require_leader()?;
-        let node = request.into_inner().node_id;
+        let pb::SessionRequest { node_id: node, accepts_pieces } = request.into_inner();
         if inner.node_status(&node).is_none() {
             return Err(Status::not_found(format!("node {node} is not registered: register it first")));
         }
@@ -445,7 +446,7 @@ impl pb::dispatcher_server::Dispatcher for DispatcherService {
         inner.sessions.send_modify(|sessions| {
             sessions.insert(node.clone(), (session, false));
         });
-        let feed = SessionFeed::new(self.inner.clone(), node, session, index);
+        let feed = SessionFeed::new(self.inner.clone(), node, session, index, accepts_pieces);
         Ok(Response::new(Box::pin(futures_util::stream::unfold(feed, |mut feed| async move {
             let message = feed.next().await?;
             Some((message, feed))
@@ -535,7 +536,8 @@ fn status_update(node: &str, u: pb::TaskStatus) -> Result<StatusUpdate, Status> 
 /// assignments. Each is made when the stream is asked for the next one: no task and
 /// no queue of its own per session (10,000 sessions kept ≈3 KiB each in those), and an agent that
 /// reads slowly gets one diff of everything that changed meanwhile instead of a queue of them.
-/// Dropping it (the agent went away, the server stops) ends the session.
+/// A large message goes in pieces ([`pieces`]). Dropping it (the agent went away, the server
+/// stops) ends the session.
 struct SessionFeed {
     inner: Arc<Inner>,
     node: NodeId,
@@ -546,15 +548,23 @@ struct SessionFeed {
     view: Option<watch::Receiver<Arc<NodeAssignments>>>,
     /// What the agent was last sent.
     current: Arc<NodeAssignments>,
+    /// The last sequence number sent.
     sequence: u64,
+    /// Pieces of the last message made (see [`pieces`]) not sent yet.
+    queued: VecDeque<pb::Assignments>,
+    /// The agent reassembles complete sets sent in pieces.
+    accepts_pieces: bool,
     leader: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
     /// An error was sent: the stream ends after it.
     ended: bool,
 }
 
+/// A session message before it is numbered and cut into pieces: complete, changed, removed.
+type Message = (bool, Vec<pb::Assignment>, Vec<TaskId>);
+
 impl SessionFeed {
-    fn new(inner: Arc<Inner>, node: NodeId, session: u64, index: u64) -> Self {
+    fn new(inner: Arc<Inner>, node: NodeId, session: u64, index: u64, accepts_pieces: bool) -> Self {
         let (leader, shutdown) = (inner.leader.clone(), inner.shutdown.clone());
         SessionFeed {
             inner,
@@ -564,26 +574,41 @@ impl SessionFeed {
             view: None,
             current: Arc::default(),
             sequence: 0,
+            queued: VecDeque::new(),
+            accepts_pieces,
             leader,
             shutdown,
             ended: false,
         }
     }
 
-    /// The next message: the complete set first, then each diff; `None` once the session is over.
+    /// The next message: the complete set first, then each diff, in pieces; `None` once the
+    /// session is over.
     async fn next(&mut self) -> Option<Result<pb::Assignments, Status>> {
         if self.ended {
             return None;
+        }
+        if let Some(piece) = self.queued.pop_front() {
+            // Pending once, so that tonic sends the piece before and this one is encoded into
+            // a buffer holding one piece (see `pieces`).
+            tokio::task::yield_now().await;
+            return Some(Ok(piece));
         }
         let message = match self.view.is_some() {
             false => self.first().await,
             true => self.diff().await,
         };
-        self.ended = message.is_err();
-        Some(message)
+        let Ok((complete, changed, removed)) = message else {
+            self.ended = true;
+            return message.err().map(Err);
+        };
+        let split_complete = self.accepts_pieces;
+        self.queued = pieces(self.sequence + 1, complete, changed, removed, split_complete).into();
+        self.sequence += self.queued.len() as u64;
+        self.queued.pop_front().map(Ok)
     }
 
-    async fn first(&mut self) -> Result<pb::Assignments, Status> {
+    async fn first(&mut self) -> Result<Message, Status> {
         let mut built = self.inner.views.index();
         let index = self.index;
         let caught_up = tokio::time::timeout(Duration::from_secs(10), built.wait_for(|built| *built >= index))
@@ -595,16 +620,10 @@ impl SessionFeed {
         let mut view = self.inner.views.node(&self.node);
         self.current = view.borrow_and_update().clone();
         self.view = Some(view);
-        self.sequence = 1;
-        Ok(pb::Assignments {
-            sequence: self.sequence,
-            complete: true,
-            changed: self.current.values().map(|a| a.as_ref().clone()).collect(),
-            removed: Vec::new(),
-        })
+        Ok((true, self.current.values().map(|a| a.as_ref().clone()).collect(), Vec::new()))
     }
 
-    async fn diff(&mut self) -> Result<pb::Assignments, Status> {
+    async fn diff(&mut self) -> Result<Message, Status> {
         let Some(view) = self.view.as_mut() else {
             return Err(Status::internal("the session has no view"));
         };
@@ -639,8 +658,7 @@ impl SessionFeed {
             if changed.is_empty() && removed.is_empty() {
                 continue;
             }
-            self.sequence += 1;
-            return Ok(pb::Assignments { sequence: self.sequence, complete: false, changed, removed });
+            return Ok((false, changed, removed));
         }
     }
 }
@@ -845,14 +863,17 @@ fn report_mass_silence(verdict: &Verdict, config: &DispatcherConfig) {
 }
 
 /// Proposes agents' status reports as ReportStatus commands, one write in flight at a time, and
-/// answers each caller once its write is applied (see [`group_commit`]).
+/// answers each caller once its write is applied (see [`group_commit`]). A write of many reports
+/// is several commands of [`MAX_TASKS_PER_COMMAND`] (one fsync still), so no log entry outgrows
+/// a raft message.
 async fn batch_statuses(inner: Arc<Inner>, batches: mpsc::Receiver<Batch>) {
     let max = inner.config.status_batch_max.max(1);
     let commit = |updates: Vec<StatusUpdate>| {
         let inner = inner.clone();
         async move {
             let n = updates.len() as u64;
-            let result = inner.cluster.propose(Command::ReportStatus { updates, at: now() }).await;
+            let commands = Command::ReportStatus { updates, at: now() }.split(MAX_TASKS_PER_COMMAND);
+            let result = inner.cluster.propose_all(commands).await;
             inner.counters.status_proposals.fetch_add(1, Ordering::Relaxed);
             inner.counters.status_updates.fetch_add(n, Ordering::Relaxed);
             result.map(drop).map_err(cluster_status)

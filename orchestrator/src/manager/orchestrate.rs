@@ -11,10 +11,8 @@ use super::cluster::{now, Cluster};
 use crate::reconciler::reconcile;
 use crate::scheduler::rebalance::rebalance_all;
 use crate::scheduler::schedule;
+use crate::store::command::MAX_TASKS_PER_COMMAND;
 use crate::store::state::ClusterState;
-
-/// Most tasks one proposed command creates, places, stops or forgets (see `Command::split`).
-const MAX_TASKS_PER_COMMAND: usize = 2_000;
 
 /// How often the loop runs without a change (time-based decisions: restart delays).
 pub const TICK: Duration = Duration::from_millis(250);

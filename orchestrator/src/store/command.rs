@@ -235,11 +235,17 @@ pub struct CommandResult {
     pub error: Option<String>,
 }
 
+/// Most tasks (or status updates) one proposed command carries (see [`Command::split`]): about
+/// 0.2–0.5 MB of log entry, so a raft message to a follower stays within its 1 MiB size limit.
+pub const MAX_TASKS_PER_COMMAND: usize = 2_000;
+
 impl Command {
-    /// The command as commands of at most `max` tasks each, in order, with the same effect
-    /// applied one after the other: a round that creates or places 100,000 tasks becomes many
-    /// log entries, between which applying lets readers in, instead of one that holds the
-    /// state's lock for a second. Commands about other things stay whole.
+    /// The command as commands of at most `max` tasks (or status updates) each, in order, with
+    /// the same effect applied one after the other: a round that creates or places 100,000 tasks
+    /// becomes many log entries, between which applying lets readers in, instead of one that
+    /// holds the state's lock for a second. No entry is larger than a raft message should be:
+    /// a 10 MB one went to each follower whole, and the stream that carried it kept a buffer
+    /// that size for good. Commands about other things stay whole.
     pub fn split(self, max: usize) -> Vec<Command> {
         fn chunks<T>(items: Vec<T>, max: usize) -> Vec<Vec<T>> {
             let mut out = Vec::with_capacity(items.len().div_ceil(max));
@@ -267,6 +273,9 @@ impl Command {
                 .collect(),
             Command::ForgetTasks { tasks } if tasks.len() > max => {
                 chunks(tasks, max).into_iter().map(|tasks| Command::ForgetTasks { tasks }).collect()
+            }
+            Command::ReportStatus { updates, at } if updates.len() > max => {
+                chunks(updates, max).into_iter().map(|updates| Command::ReportStatus { updates, at }).collect()
             }
             other => vec![other],
         }
@@ -721,6 +730,24 @@ mod tests {
         }
         assert_eq!(whole.tasks.len(), 7);
         assert!(whole.tasks.values().all(|t| t.node.is_some()), "all placed");
+        assert_eq!(pieces, whole);
+
+        let report = |t: &Task| {
+            let node = t.node.clone().unwrap_or_default();
+            StatusUpdate {
+                container_id: Some(format!("c{}", t.id)),
+                ..StatusUpdate::new(t.id, node, TaskState::Running)
+            }
+        };
+        let updates: Vec<StatusUpdate> = whole.tasks.values().map(report).collect();
+        let command = Command::ReportStatus { updates, at: 5 };
+        let split = command.clone().split(3);
+        assert_eq!(split.len(), 3, "7 reports in pieces of 3: {split:?}");
+        whole.apply(command);
+        for piece in split {
+            pieces.apply(piece);
+        }
+        assert!(whole.tasks.values().all(|t| t.state == TaskState::Running), "all running");
         assert_eq!(pieces, whole);
         let other = Command::SetRebalanceOnJoin { enabled: true };
         assert_eq!(other.clone().split(1), vec![other], "commands without a task list stay whole");

@@ -195,8 +195,12 @@ impl<S: StateMachine> Driver<S> {
             max_inflight_msgs: cfg.max_inflight_msgs,
             check_quorum: cfg.check_quorum,
             pre_vote: cfg.pre_vote,
-            // Coalesce appends to a follower into one message when several are pending.
-            batch_append: true,
+            // No coalescing of appends: raft-rs merges every append pending for a follower into
+            // one message whatever its size, so a deploy's burst of commands went out as one
+            // ~20 MB message per follower, and the stream's encode buffer kept that size for good
+            // (heaptrack of a leader at 100,000 tasks: 2 x 19.6 MB). Separate messages stay
+            // within `max_size_per_msg`.
+            batch_append: false,
             ..::raft::Config::default()
         };
         raft_cfg.validate().map_err(|e| StoreError::Config(e.to_string()))?;
