@@ -22,27 +22,22 @@ fn quiet_on_closed_stdout() {
     }));
 }
 
-/// glibc gives threads that allocate at the same time arenas of their own, up to 8 per core, and
-/// memory freed in one arena is not used by another: a manager's runtime and blocking threads
-/// kept a fifth of its RSS in half-empty arenas (leader at 10,000 simulated nodes and 20,000
-/// tasks: 310–364 MiB peak with the default, 260 MiB with two arenas; docs/benchmarks.md). Two
-/// arenas, unless the user chose with `MALLOC_ARENA_MAX`.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn limit_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only changes a malloc tunable; it is called before any other thread
-        // exists, and M_ARENA_MAX with a positive value is a documented setting.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
-}
+/// jemalloc, not glibc's malloc. A leader at 10,000 simulated nodes and 100,000 tasks used 40%
+/// less CPU with it (36 -> 21 s over the deploy) and peaked lower (344 -> 308 MiB), mostly
+/// because glibc kept ~95 MB of freed memory in its arenas that it could not give back
+/// (docs/benchmarks.md, "Eighth session").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn limit_malloc_arenas() {}
+/// jemalloc's settings, read at its start; `_RJEM_MALLOC_CONF` in the environment overrides
+/// them. Freed pages go back to the system within about a second, from a background thread
+/// rather than from whichever thread frees; two arenas, since a manager's threads mostly
+/// allocate one at a time and every further arena holds memory of its own.
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0";
 
 fn main() {
-    limit_malloc_arenas();
     quiet_on_closed_stdout();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
