@@ -352,11 +352,19 @@ fn logs_follow_on_through_a_connection_reset_while_its_manager_stays() {
             }
         }
     });
-    let next_tick = |what: &str| {
-        let line = received
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{what}: no line from logs -f ({e})"));
-        assert!(line.contains("tick"), "{what}: {line}");
+    // On a missing line, what logs -f said (it ends when it gives up).
+    let mut next_tick = |what: &str| match received.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => assert!(line.contains("tick"), "{what}: {line}"),
+        Err(e) => {
+            let _ = follower.kill();
+            let stderr = follower.stderr.take().map(std::io::read_to_string);
+            let status = follower.wait();
+            let ps = stack.run(&["-H", &nodes.addr(), "ps", "-a"]);
+            panic!(
+                "{what}: no line from logs -f ({e}); it ended with {status:?}, stderr:\n{stderr:?}\nps -a:\n{}{}",
+                ps.stdout, ps.stderr
+            );
+        }
     };
     next_tick("before the reset");
     assert!(relay.cut() >= 1, "logs -f holds a connection through the relay");

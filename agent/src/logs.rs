@@ -11,25 +11,36 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError, LogOptions, LogStream};
 use crate::labels;
+use crate::session::RegisteredId;
 
 pub type LogChunkStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send + 'static>>;
 
-/// Serves `Agent.Logs` from the engine. Containers are found by their task label, so several
-/// agents sharing one engine each answer for any task (task ids are unique in a cluster).
+/// Serves `Agent.Logs` from the engine: the containers labelled with the task and with this
+/// node. Task ids are unique only within a cluster, and an engine may hold containers of other
+/// nodes, of other clusters, or left by an earlier one (task ids start again at 1): by its task
+/// label alone, another cluster's task 1 was served for this one's (seen in the tests, where
+/// clusters share the engine).
 pub struct AgentService<E: Engine> {
     engine: Arc<E>,
-    /// When set, only containers labelled with this node are served.
-    node_id: Option<String>,
+    /// This node's id; until it is known (before the first registration), nothing is served.
+    node_id: RegisteredId,
 }
 
 impl<E: Engine> AgentService<E> {
     pub fn new(engine: Arc<E>) -> Self {
-        AgentService { engine, node_id: None }
+        AgentService { engine, node_id: RegisteredId::default() }
     }
 
     /// Serve only containers of this node.
-    pub fn for_node(mut self, node_id: impl Into<String>) -> Self {
-        self.node_id = Some(node_id.into());
+    pub fn for_node(self, node_id: impl Into<String>) -> Self {
+        self.node_id.set(&node_id.into());
+        self
+    }
+
+    /// Serve only containers of the node the agent's session registers (see
+    /// [`AgentConfig::registered_id`](crate::session::AgentConfig::registered_id)).
+    pub fn for_registered(mut self, node_id: RegisteredId) -> Self {
+        self.node_id = node_id;
         self
     }
 
@@ -52,15 +63,15 @@ impl<E: Engine> pb::agent_server::Agent for AgentService<E> {
 
     async fn logs(&self, request: Request<pb::AgentLogsRequest>) -> Result<Response<LogChunkStream>, Status> {
         let request = request.into_inner();
+        let Some(node) = self.node_id.get() else {
+            return Err(Status::unavailable("this agent has not registered with a manager yet"));
+        };
         let options = LogOptions { follow: request.follow, tail: request.tail, timestamps: request.timestamps };
         let mut streams = Vec::new();
         let mut missing = Vec::new();
         for task in request.tasks {
             let key = task.to_string();
-            let mut filter = vec![(labels::TASK, key.as_str())];
-            if let Some(node) = &self.node_id {
-                filter.push((labels::NODE, node.as_str()));
-            }
+            let filter = [(labels::TASK, key.as_str()), (labels::NODE, node.as_str())];
             let found = self.engine.list(&filter).await.map_err(engine_status)?;
             let Some(container) = found.into_iter().next() else {
                 missing.push(task);
@@ -177,6 +188,36 @@ mod tests {
         let request = pb::AgentLogsRequest { tasks: vec![99], ..Default::default() };
         let err = service.logs(Request::new(request)).await.err().unwrap();
         assert_eq!(err.code(), tonic::Code::NotFound);
+    }
+
+    #[tokio::test]
+    async fn only_this_nodes_container_of_a_task_is_served_and_only_once_the_node_is_known() {
+        // Two clusters on one engine, each with a task 1: another node's must not be served.
+        let engine = MockEngine::new();
+        engine.behave("theirs", MockBehavior { logs: vec!["not ours".into()], ..Default::default() });
+        engine.behave("ours", MockBehavior { logs: vec!["ours".into()], ..Default::default() });
+        for (project, node, image) in [("theirs", "other", "theirs"), ("ours", "n1", "ours")] {
+            let identity = TaskIdentity {
+                project: project.into(),
+                service: "web".into(),
+                node_id: node.into(),
+                task_id: "1".into(),
+                ..Default::default()
+            };
+            let id = engine.create(&ContainerSpec::new(identity, image)).await.unwrap();
+            engine.start(&id).await.unwrap();
+        }
+        let registered = RegisteredId::default();
+        let service = AgentService::new(Arc::new(engine.clone())).for_registered(registered.clone());
+        let request = || Request::new(pb::AgentLogsRequest { tasks: vec![1], ..Default::default() });
+        let err = service.logs(request()).await.err().unwrap();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "no node id yet: {err}");
+
+        registered.set("n1");
+        let chunks: Vec<pb::LogChunk> =
+            service.logs(request()).await.unwrap().into_inner().map(|c| c.unwrap()).collect().await;
+        let text: Vec<&[u8]> = chunks.iter().map(|c| c.data.as_slice()).collect();
+        assert_eq!(text, vec![&b"ours\n"[..]]);
     }
 
     #[test]

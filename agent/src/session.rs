@@ -74,6 +74,23 @@ pub struct AgentConfig {
     pub channels: Option<Arc<ChannelPool>>,
     /// Told what the session does (registered, assignments received, statuses acknowledged).
     pub observer: Option<Arc<dyn SessionObserver>>,
+    /// Set to the node's id once it is known (given, or assigned at registration), for the
+    /// logs endpoint: see [`crate::logs::AgentService::for_registered`].
+    pub registered_id: RegisteredId,
+}
+
+/// The id a node registered with, shared between its session and its logs endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct RegisteredId(Arc<Mutex<Option<String>>>);
+
+impl RegisteredId {
+    pub fn set(&self, id: &str) {
+        *lock(&self.0) = Some(id.to_string());
+    }
+
+    pub fn get(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
 }
 
 impl AgentConfig {
@@ -95,6 +112,7 @@ impl AgentConfig {
             status_batch_max: 1000,
             channels: None,
             observer: None,
+            registered_id: RegisteredId::default(),
         }
     }
 }
@@ -375,6 +393,7 @@ impl<E: Engine> Agent<E> {
                 *node_id = Some(id.clone());
             }
         }
+        self.config.registered_id.set(&id);
         let core = self.start_core(&id).await?;
         let period = Duration::from_millis(registered.heartbeat_period_ms.max(100));
         tracing::info!(manager = %address, node = %id, "registered");

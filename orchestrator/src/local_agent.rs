@@ -51,9 +51,10 @@ impl LocalAgent {
             Some(host) => format!("{host}:{}", bound.port()),
             None => bound.to_string(),
         };
-        let mut service = AgentService::new(engine.clone());
+        let mut agent_config = AgentConfig::new(config.managers, config.token);
+        let service = AgentService::new(engine.clone()).for_registered(agent_config.registered_id.clone());
         if let Some(id) = &config.node_id {
-            service = service.for_node(id.clone());
+            agent_config.registered_id.set(id);
         }
         let service = service.into_server();
         let mut stop = shutdown_rx.clone();
@@ -70,7 +71,6 @@ impl LocalAgent {
                 tracing::error!("agent logs endpoint stopped: {e}");
             }
         });
-        let mut agent_config = AgentConfig::new(config.managers, config.token);
         agent_config.node_id = config.node_id;
         agent_config.node_id_file = config.node_id_file;
         agent_config.name = config.name;
