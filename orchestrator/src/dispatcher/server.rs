@@ -589,8 +589,8 @@ impl SessionFeed {
             return None;
         }
         if let Some(piece) = self.queued.pop_front() {
-            // Pending once, so that tonic sends the piece before and this one is encoded into
-            // a buffer holding one piece (see `pieces`).
+            // Pending once: tonic then sends the previous piece before it encodes this one, so
+            // its buffer holds one piece at a time (see `pieces`).
             tokio::task::yield_now().await;
             return Some(Ok(piece));
         }
@@ -602,8 +602,7 @@ impl SessionFeed {
             self.ended = true;
             return message.err().map(Err);
         };
-        let split_complete = self.accepts_pieces;
-        self.queued = pieces(self.sequence + 1, complete, changed, removed, split_complete).into();
+        self.queued = pieces(self.sequence + 1, complete, changed, removed, self.accepts_pieces).into();
         self.sequence += self.queued.len() as u64;
         self.queued.pop_front().map(Ok)
     }
