@@ -31,12 +31,6 @@ impl<E: Engine> AgentService<E> {
         AgentService { engine, node_id: RegisteredId::default() }
     }
 
-    /// Serve only containers of this node.
-    pub fn for_node(self, node_id: impl Into<String>) -> Self {
-        self.node_id.set(&node_id.into());
-        self
-    }
-
     /// Serve only containers of the node the agent's session registers (see
     /// [`AgentConfig::registered_id`](crate::session::AgentConfig::registered_id)).
     pub fn for_registered(mut self, node_id: RegisteredId) -> Self {
@@ -166,7 +160,9 @@ mod tests {
         };
         let id = engine.create(&ContainerSpec::new(identity, "img")).await.unwrap();
         engine.start(&id).await.unwrap();
-        let service = AgentService::new(Arc::new(engine.clone())).for_node("n1");
+        let node = RegisteredId::default();
+        node.set("n1");
+        let service = AgentService::new(Arc::new(engine.clone())).for_registered(node);
 
         let request = pb::AgentLogsRequest { tasks: vec![17], follow: false, tail: Some(2), timestamps: true };
         let chunks: Vec<pb::LogChunk> =

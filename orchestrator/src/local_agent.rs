@@ -52,11 +52,8 @@ impl LocalAgent {
             None => bound.to_string(),
         };
         let mut agent_config = AgentConfig::new(config.managers, config.token);
-        let service = AgentService::new(engine.clone()).for_registered(agent_config.registered_id.clone());
-        if let Some(id) = &config.node_id {
-            agent_config.registered_id.set(id);
-        }
-        let service = service.into_server();
+        let service =
+            AgentService::new(engine.clone()).for_registered(agent_config.registered_id.clone()).into_server();
         let mut stop = shutdown_rx.clone();
         let logs = tokio::spawn(async move {
             let signal = async move {

@@ -23,9 +23,10 @@ fn quiet_on_closed_stdout() {
 }
 
 /// jemalloc, not glibc's malloc. A leader at 10,000 simulated nodes and 100,000 tasks used 40%
-/// less CPU with it (36 -> 21 s over the deploy) and peaked lower (344 -> 308 MiB), mostly
+/// less CPU with it (36 -> 24-25 s over the run) and peaked lower (344 -> 303-324 MiB), mostly
 /// because glibc kept ~95 MB of freed memory in its arenas that it could not give back
 /// (docs/benchmarks.md, "Eighth session").
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
@@ -33,6 +34,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// them. Freed pages go back to the system within about a second, from a background thread
 /// rather than from whichever thread frees; two arenas, since a manager's threads mostly
 /// allocate one at a time and every further arena holds memory of its own.
+#[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
 pub static malloc_conf: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2\0";

@@ -28,19 +28,22 @@ pub fn pieces(
 ) -> Vec<pb::Assignments> {
     let groups = if complete && !split_complete { vec![changed] } else { groups(changed) };
     let last = groups.len() - 1;
-    let mut removed = Some(removed);
-    groups
+    let mut pieces: Vec<pb::Assignments> = groups
         .into_iter()
         .enumerate()
         .map(|(i, changed)| pb::Assignments {
             sequence: sequence + i as u64,
             complete,
             changed,
-            // Ids are 8 bytes each: they ride with the last piece, after the changes.
-            removed: if i == last { removed.take().unwrap_or_default() } else { Vec::new() },
+            removed: Vec::new(),
             more: complete && i < last,
         })
-        .collect()
+        .collect();
+    // Ids are 8 bytes each: they ride with the last piece, after the changes.
+    if let Some(piece) = pieces.last_mut() {
+        piece.removed = removed;
+    }
+    pieces
 }
 
 /// The assignments in consecutive groups of at most [`PIECE_BYTES`] (or one assignment); one
